@@ -1,0 +1,1 @@
+"""Latency and cost predictors: OPs counting, layer features, per-target XGBoost models."""
