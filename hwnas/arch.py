@@ -1,0 +1,153 @@
+"""The one architecture description shared by the model, OPs counter, predictor, search and compiler.
+
+An :class:`Arch` is an immutable, hashable value: a stem width and five stages of searched layers,
+each layer written in the paper's notation ``c384_k5_g8`` (width 384, kernel 5, groups 8). It knows
+nothing about which values are allowed; :mod:`hwnas.space` validates it against a search space.
+
+A searched layer is a MobileNetV1 "separable" pair whose depthwise conv is a group conv: a binary
+k x k conv c_in -> c_in with g groups and the layer's stride, then a binary 1x1 conv c_in -> c.
+:meth:`Arch.layer_shapes` derives every layer's channels, stride and spatial sizes once, so all
+consumers agree on them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from hwnas.errors import ArchError
+
+STEM_STRIDE = 2
+STEM_KERNEL = 3
+STEM_IN_CHANNELS = 3
+DEFAULT_STRIDES = (1, 2, 2, 2, 2)
+
+_NOTATION = re.compile(r"^c(\d+)_k(\d+)_g(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Layer:
+    """One searched layer: output width ``c``, kernel ``k`` and groups ``g`` of its k x k conv."""
+
+    c: int
+    k: int
+    g: int
+
+    def __str__(self) -> str:
+        return f"c{self.c}_k{self.k}_g{self.g}"
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> Layer:
+        """Read a layer from ``"c384_k5_g8"`` or ``{"c": 384, "k": 5, "g": 8}``."""
+        if isinstance(value, str):
+            match = _NOTATION.match(value.strip())
+            if match is None:
+                raise ArchError(f"{where}: cannot parse {value!r} (expected like 'c384_k5_g8')")
+            return cls(*(int(part) for part in match.groups()))
+        if isinstance(value, dict):
+            if set(value) != {"c", "k", "g"}:
+                raise ArchError(f"{where}: a layer object needs exactly the keys c, k, g, got {sorted(value)}")
+            for key in ("c", "k", "g"):
+                if not isinstance(value[key], int) or isinstance(value[key], bool):
+                    raise ArchError(f"{where}: {key} must be an integer, got {value[key]!r}")
+            return cls(value["c"], value["k"], value["g"])
+        raise ArchError(f"{where}: a layer is a string like 'c384_k5_g8' or an object, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """Everything a consumer needs about one searched layer at one input resolution."""
+
+    stage: int  # 0-based
+    index: int  # 0-based within the stage
+    c_in: int
+    c_out: int
+    k: int
+    g: int
+    stride: int
+    size_in: int
+    size_out: int
+
+
+def conv_out_size(size: int, k: int, stride: int) -> int:
+    """Spatial size after a conv padded by k // 2 (so odd sizes round up at stride 2)."""
+    return (size + 2 * (k // 2) - k) // stride + 1
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A subnet: stem width and, per stage, its layers. ``strides`` is each stage's first stride."""
+
+    stem: int
+    stages: tuple[tuple[Layer, ...], ...]
+    strides: tuple[int, ...] = DEFAULT_STRIDES
+
+    def layers(self) -> Iterator[tuple[int, int, Layer]]:
+        """(stage, index, layer) in network order."""
+        for s, stage in enumerate(self.stages):
+            for i, layer in enumerate(stage):
+                yield s, i, layer
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(len(stage) for stage in self.stages)
+
+    @property
+    def last_width(self) -> int:
+        return self.stages[-1][-1].c if self.stages[-1] else self.stem
+
+    def stem_size(self, resolution: int) -> int:
+        return conv_out_size(resolution, STEM_KERNEL, STEM_STRIDE)
+
+    def layer_shapes(self, resolution: int) -> list[LayerShape]:
+        """Channels, stride and spatial sizes of every searched layer, in network order."""
+        shapes = []
+        c_in, size = self.stem, self.stem_size(resolution)
+        for s, i, layer in self.layers():
+            stride = self.strides[s] if i == 0 else 1
+            out = conv_out_size(size, layer.k, stride)
+            shapes.append(LayerShape(s, i, c_in, layer.c, layer.k, layer.g, stride, size, out))
+            c_in, size = layer.c, out
+        return shapes
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict in the paper's notation; strides only when they differ from the default."""
+        obj: dict[str, Any] = {"stem": self.stem, "stages": [[str(x) for x in st] for st in self.stages]}
+        if self.strides != DEFAULT_STRIDES:
+            obj["strides"] = list(self.strides)
+        return obj
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json())
+
+    def __str__(self) -> str:
+        stages = " | ".join(" ".join(str(x) for x in st) for st in self.stages)
+        return f"stem c{self.stem} | {stages}"
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Arch:
+        """Parse the JSON structure (not yet checked against a search space)."""
+        if not isinstance(obj, dict):
+            raise ArchError("arch: the top level must be an object with keys 'stem' and 'stages'")
+        unknown = set(obj) - {"stem", "stages", "strides"}
+        if unknown:
+            raise ArchError(f"arch: unknown key(s) {sorted(unknown)}; expected 'stem', 'stages'")
+        if "stem" not in obj or "stages" not in obj:
+            raise ArchError("arch: missing key " + ("'stem'" if "stem" not in obj else "'stages'"))
+        stem = obj["stem"]
+        if not isinstance(stem, int) or isinstance(stem, bool):
+            raise ArchError(f"arch: stem must be an integer width, got {stem!r}")
+        stages = obj["stages"]
+        if not isinstance(stages, list) or not all(isinstance(st, list) for st in stages):
+            raise ArchError("arch: 'stages' must be a list of lists of layers")
+        parsed = tuple(
+            tuple(Layer.parse(v, f"stage {s + 1}, layer {i + 1}") for i, v in enumerate(st))
+            for s, st in enumerate(stages)
+        )
+        strides = obj.get("strides", DEFAULT_STRIDES)
+        if not isinstance(strides, list | tuple) or not all(v in (1, 2) for v in strides):
+            raise ArchError(f"arch: 'strides' must be a list of 1s and 2s, got {strides!r}")
+        return cls(stem, parsed, tuple(strides))

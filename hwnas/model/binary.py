@@ -1,0 +1,124 @@
+"""Binarization primitives (ReActNet style) shared by the supernet and every subnet.
+
+Conventions the compiler relies on:
+- ``sign(v) = +1 if v >= 0 else -1`` for activations and weights (``torch.sign`` would give 0).
+- Binary activations are padded with **+1** before a k x k conv (k > 1), so border outputs are
+  plain +-1 dot products with no correction term; real-valued activations pad with zeros.
+- A binary weight is ``mean|W|`` per output channel times ``sign(W)``; the scale folds into the
+  following BatchNorm at inference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sign(x: Tensor) -> Tensor:
+    """+1 where x >= 0, -1 elsewhere, in x's dtype."""
+    return (x >= 0).to(x.dtype) * 2 - 1
+
+
+class _ApproxSign(torch.autograd.Function):
+    """Sign forward; ReActNet/Bi-Real piecewise-polynomial backward, d/dx = max(0, 2 - 2|x|)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (2 - 2 * x.abs()).clamp_(min=0)
+
+
+def binary_activation(x: Tensor) -> Tensor:
+    return _ApproxSign.apply(x)
+
+
+def channel_norm(w: Tensor, eps: float = 1e-5) -> Tensor:
+    """Channel-wise weight normalization: zero mean, unit variance per output channel."""
+    dims = tuple(range(1, w.dim()))
+    mean = w.mean(dim=dims, keepdim=True)
+    var = w.var(dim=dims, keepdim=True, unbiased=False)
+    return (w - mean) / torch.sqrt(var + eps)
+
+
+def scaled_sign(w: Tensor) -> Tensor:
+    """mean|W| * sign(W) per output channel; straight-through gradient clipped to |W| <= 1."""
+    scale = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True).detach()
+    clipped = w.clamp(-1.0, 1.0)
+    return (scale * sign(w)).detach() - clipped.detach() + clipped
+
+
+def bi_transform(w: Tensor, theta: Tensor) -> Tensor:
+    """Bi-Transformation: each k x k kernel, flattened, times the layer's k^2 x k^2 matrix."""
+    return (w.flatten(2) @ theta).view_as(w)
+
+
+class PerChannel(nn.Module):
+    """Base of per-channel modules whose parameters are sliced to the input's channel count.
+
+    Slicing the first C entries is what makes them elastic in the supernet and exact in a subnet.
+    """
+
+    def _param(self, p: Tensor, x: Tensor) -> Tensor:
+        return p[: x.shape[1]].view(1, -1, 1, 1)
+
+
+class RSign(PerChannel):
+    """Learnable per-channel threshold, then sign (only when activations are binary)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.threshold = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor, binary: bool) -> Tensor:
+        return binary_activation(x - self._param(self.threshold, x)) if binary else x
+
+
+class RPReLU(PerChannel):
+    """ReActNet's RPReLU: PReLU(x - gamma) + zeta with per-channel gamma, slope and zeta."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.slope = nn.Parameter(torch.full((channels,), 0.25))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x - self._param(self.shift_in, x)
+        return torch.where(x >= 0, x, x * self._param(self.slope, x)) + self._param(self.shift_out, x)
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad
+
+
+def lsq_quantize(w: Tensor, step: Tensor, bits: int = 8) -> Tensor:
+    """Learned step size quantization (Esser et al. 2020) of a weight tensor to signed ``bits``."""
+    qmax = 2 ** (bits - 1) - 1
+    grad_scale = 1.0 / math.sqrt(w.numel() * qmax)
+    s = (step - step * grad_scale).detach() + step * grad_scale
+    return _RoundSTE.apply((w / s).clamp(-qmax - 1, qmax)) * s
+
+
+def init_lsq_step(w: Tensor, bits: int = 8) -> Tensor:
+    """LSQ's initial step: 2 mean|W| / sqrt(qmax)."""
+    return 2 * w.detach().abs().mean() / math.sqrt(2 ** (bits - 1) - 1)
+
+
+def pad_binary(x: Tensor, k: int) -> Tensor:
+    """Pad +-1 activations by k // 2 with +1 on every side (see the module docstring)."""
+    p = k // 2
+    return F.pad(x, [p, p, p, p], value=1.0) if p else x

@@ -1,0 +1,171 @@
+"""Elastic layers: each holds the largest weights and runs any smaller configuration of itself.
+
+A configuration always takes the **first** channels and the **centre** k x k of a kernel, the rule
+written once in :func:`narrow`. A group conv with g groups reads, for every output channel, the
+first c_in / g stored input channels (block-diagonal in the active channels); the stored weight
+has max c_in / min groups input channels so every subnet of the space fits. (The reference code
+cycles chunks through input-channel slices; that rule breaks when the slice width does not divide
+the stored width, e.g. c_in 512 with 4 groups in a 768 / 4 store, so hwnas takes the first slice.)
+A subnet built at exactly its own sizes runs the same code and gives the same outputs.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwnas.model.binary import (
+    RPReLU,
+    RSign,
+    bi_transform,
+    channel_norm,
+    init_lsq_step,
+    lsq_quantize,
+    pad_binary,
+    scaled_sign,
+)
+
+
+class Mode(str, Enum):
+    """Which parts are binary: weights / activations (the paper's FWBA teacher, BWBA student)."""
+
+    BWBA = "bwba"  # binary weights, binary activations: the deployable network
+    FWBA = "fwba"  # full-precision weights, binary activations: the Bi-Teacher
+    FWFA = "fwfa"  # full-precision weights and activations
+
+    @property
+    def binary_weights(self) -> bool:
+        return self is Mode.BWBA
+
+    @property
+    def binary_activations(self) -> bool:
+        return self is not Mode.FWFA
+
+
+def narrow(t: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """The active part of a shared tensor: first entries, except the centre of a conv kernel."""
+    for dim, size in enumerate(shape):
+        if t.dim() == 4 and dim >= 2:
+            t = t.narrow(dim, (t.shape[dim] - size) // 2, size)
+        else:
+            t = t.narrow(dim, 0, size)
+    return t
+
+
+class BinaryConv2d(nn.Module):
+    """Elastic binary conv with channel-wise weight normalization and Bi-Transformation.
+
+    Bi-Transformation keeps one k^2 x k^2 matrix per kernel size the layer can take (identity at
+    start), applied to the centre-cropped kernel; it is not used for 1x1 convs, where a scalar
+    cannot change a sign.
+    """
+
+    def __init__(
+        self, c_out: int, c_in_per_group: int, kernels: tuple[int, ...], bi_transform: bool, weight_norm: bool
+    ) -> None:
+        super().__init__()
+        k = max(kernels)
+        self.weight = nn.Parameter(torch.empty(c_out, c_in_per_group, k, k))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.theta = nn.ParameterDict(
+            {f"k{k}": nn.Parameter(torch.eye(k * k)) for k in kernels if k > 1 and bi_transform}
+        )
+        self.weight_norm = weight_norm
+
+    def real_weight(self, c_out: int, c_in: int, k: int, groups: int) -> Tensor:
+        """The active real-valued weight (normalized when enabled), shape [c_out, c_in/g, k, k].
+
+        Made contiguous so a supernet and its extracted subnet compute bit-identical outputs.
+        """
+        w = narrow(self.weight, (c_out, c_in // groups, k, k)).contiguous()
+        return channel_norm(w) if self.weight_norm else w
+
+    def binary_weight(self, c_out: int, c_in: int, k: int, groups: int) -> Tensor:
+        """The weight the deployable network uses: mean|W| * sign(W theta)."""
+        w = self.real_weight(c_out, c_in, k, groups)
+        if f"k{k}" in self.theta:
+            w = bi_transform(w, self.theta[f"k{k}"])
+        return scaled_sign(w)
+
+    def forward(self, x: Tensor, c_out: int, k: int, groups: int, stride: int, mode: Mode) -> Tensor:
+        c_in = x.shape[1]
+        w = (self.binary_weight if mode.binary_weights else self.real_weight)(c_out, c_in, k, groups)
+        if mode.binary_activations:
+            return F.conv2d(pad_binary(x, k), w, stride=stride, groups=groups)
+        return F.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)
+
+
+class ElasticBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over the first C channels of its statistics and affine parameters."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        factor = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch = self.training or not self.track_running_stats
+        return F.batch_norm(
+            x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c], use_batch, factor, self.eps
+        )
+
+
+class Stem(nn.Module):
+    """First conv: 3 -> c, 3x3 stride 2, 8-bit LSQ weights (real in full-precision modes), BN, RPReLU."""
+
+    def __init__(self, c_max: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(c_max, 3, 3, 3))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.step = nn.Parameter(init_lsq_step(self.weight))
+        self.bn = ElasticBatchNorm2d(c_max)
+        self.act = RPReLU(c_max)
+
+    def quantized_weight(self, c: int) -> Tensor:
+        return lsq_quantize(self.weight[:c], self.step)
+
+    def forward(self, x: Tensor, c: int, mode: Mode) -> Tensor:
+        w = self.quantized_weight(c) if mode.binary_weights else self.weight[:c]
+        return self.act(self.bn(F.conv2d(x, w, stride=2, padding=1)))
+
+
+def shortcut(x: Tensor, c_out: int, stride: int) -> Tensor:
+    """Bi-Real shortcut: 2x2 average pool on stride 2, channels tiled (or cut) to c_out."""
+    if stride == 2:
+        x = F.avg_pool2d(x, 2, stride=2, ceil_mode=True, count_include_pad=False)
+    c_in = x.shape[1]
+    if c_out != c_in:
+        x = x.repeat(1, -(-c_out // c_in), 1, 1)[:, :c_out]
+    return x
+
+
+class SeparableBlock(nn.Module):
+    """One searched layer: binary k x k group conv c_in -> c_in, then binary 1x1 conv c_in -> c.
+
+    Each conv: RSign -> conv -> BN -> + Bi-Real shortcut -> RPReLU.
+    """
+
+    def __init__(
+        self, c_in: int, c_out: int, kernels: tuple[int, ...], min_groups: int, stride: int,
+        bi_transform: bool, weight_norm: bool,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.rsign1 = RSign(c_in)
+        self.conv1 = BinaryConv2d(c_in, c_in // min_groups, kernels, bi_transform, weight_norm)
+        self.bn1 = ElasticBatchNorm2d(c_in)
+        self.act1 = RPReLU(c_in)
+        self.rsign2 = RSign(c_in)
+        self.conv2 = BinaryConv2d(c_out, c_in, (1,), bi_transform, weight_norm)
+        self.bn2 = ElasticBatchNorm2d(c_out)
+        self.act2 = RPReLU(c_out)
+
+    def forward(self, x: Tensor, c: int, k: int, g: int, mode: Mode) -> Tensor:
+        c_in, binary = x.shape[1], mode.binary_activations
+        y = self.bn1(self.conv1(self.rsign1(x, binary), c_in, k, g, self.stride, mode))
+        y = self.act1(y + shortcut(x, c_in, self.stride))
+        z = self.bn2(self.conv2(self.rsign2(y, binary), c, 1, 1, 1, mode))
+        return self.act2(z + shortcut(y, c, 1))
