@@ -71,8 +71,7 @@ class SearchSpace:
                     raise ArchError(f"{where}: groups {layer.g} do not divide the {prev} input channels")
                 if self.nd and layer.c < prev:
                     raise ArchError(
-                        f"{where}: width {layer.c} is below the previous width {prev} "
-                        "(Non-Decreasing constraint)"
+                        f"{where}: width {layer.c} is below the previous width {prev} (Non-Decreasing constraint)"
                     )
                 prev = layer.c
         return arch

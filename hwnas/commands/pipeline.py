@@ -47,9 +47,13 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         forward_ms = (time.perf_counter() - start) * 1e3
     log(f"[4/4] forward pass of the extracted subnet: logits {tuple(logits.shape)} in {forward_ms:.1f} ms")
     data = {
-        "space_with_nd": NASBNN.count(), "space_without_nd": NASBNN.without_nd().count(),
-        "arch": arch.to_json(), "arch_path": str(arch_path), **ops.millions(),
-        "forward_ms": forward_ms, "logits_shape": list(logits.shape),
+        "space_with_nd": NASBNN.count(),
+        "space_without_nd": NASBNN.without_nd().count(),
+        "arch": arch.to_json(),
+        "arch_path": str(arch_path),
+        **ops.millions(),
+        "forward_ms": forward_ms,
+        "logits_shape": list(logits.shape),
     }
     text = (
         f"subnet  {arch}\nOPs     {ops.ops / 1e6:.2f} M\n"

@@ -44,8 +44,12 @@ def cmd_space(args: argparse.Namespace) -> None:
         {"stage": s + 1, "with_nd": NASBNN.count_stage(s), "without_nd": free.count_stage(s)}
         for s in range(len(NASBNN.stages))
     ]
-    data = {"with_nd": NASBNN.count(), "without_nd": free.count(),
-            "stem_choices": len(NASBNN.stem_widths), "stages": stages}
+    data = {
+        "with_nd": NASBNN.count(),
+        "without_nd": free.count(),
+        "stem_choices": len(NASBNN.stem_widths),
+        "stages": stages,
+    }
     rows = [("stem", data["stem_choices"], data["stem_choices"])]
     rows += [(f"stage {st['stage']}", st["with_nd"], st["without_nd"]) for st in stages]
     rows.append(("total", data["with_nd"], data["without_nd"]))
@@ -70,8 +74,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def _shape_rows(arch: Arch, resolution: int) -> list[dict]:
     return [
-        {"stage": s.stage + 1, "layer": s.index + 1, "notation": f"c{s.c_out}_k{s.k}_g{s.g}", "c_in": s.c_in,
-         "stride": s.stride, "size_in": s.size_in, "size_out": s.size_out, "bops_m": layer_bops(s) / 1e6}
+        {
+            "stage": s.stage + 1,
+            "layer": s.index + 1,
+            "notation": f"c{s.c_out}_k{s.k}_g{s.g}",
+            "c_in": s.c_in,
+            "stride": s.stride,
+            "size_in": s.size_in,
+            "size_out": s.size_out,
+            "bops_m": layer_bops(s) / 1e6,
+        }
         for s in arch.layer_shapes(resolution)
     ]
 
@@ -84,8 +96,18 @@ def cmd_show(args: argparse.Namespace) -> None:
     text = f"stem c{arch.stem}_k3 stride 2 (8-bit), {args.resolution} -> {arch.stem_size(args.resolution)}\n"
     text += table(
         ("stage", "layer", "layer (paper)", "c_in", "stride", "size", "BOPs (M)"),
-        [(r["stage"], r["layer"], r["notation"], r["c_in"], r["stride"], f"{r['size_in']}->{r['size_out']}",
-          f"{r['bops_m']:.1f}") for r in rows],
+        [
+            (
+                r["stage"],
+                r["layer"],
+                r["notation"],
+                r["c_in"],
+                r["stride"],
+                f"{r['size_in']}->{r['size_out']}",
+                f"{r['bops_m']:.1f}",
+            )
+            for r in rows
+        ],
     )
     text += f"\nclassifier {arch.last_width} -> {args.classes}; OPs {ops['ops_m']:.2f} M"
     emit(args, data, text)

@@ -149,8 +149,14 @@ class SeparableBlock(nn.Module):
     """
 
     def __init__(
-        self, c_in: int, c_out: int, kernels: tuple[int, ...], min_groups: int, stride: int,
-        bi_transform: bool, weight_norm: bool,
+        self,
+        c_in: int,
+        c_out: int,
+        kernels: tuple[int, ...],
+        min_groups: int,
+        stride: int,
+        bi_transform: bool,
+        weight_norm: bool,
     ) -> None:
         super().__init__()
         self.stride = stride

@@ -41,8 +41,13 @@ class Skeleton:
         stages, prev_max = [], max(space.stem_widths)
         for st in space.stages:
             slots = tuple(
-                Slot(prev_max if i == 0 else max(st.widths), max(st.widths), st.kernels, min(st.groups),
-                     st.stride if i == 0 else 1)
+                Slot(
+                    prev_max if i == 0 else max(st.widths),
+                    max(st.widths),
+                    st.kernels,
+                    min(st.groups),
+                    st.stride if i == 0 else 1,
+                )
                 for i in range(max(st.depths))
             )
             stages.append(slots)
@@ -66,8 +71,11 @@ class Skeleton:
                 raise ArchError(f"{where}: this network holds only {len(self.stages[shape.stage])} layers there")
             slot = self.stages[shape.stage][shape.index]
             if (
-                shape.c_in > slot.c_in or shape.c_out > slot.c_out or shape.k not in slot.kernels
-                or shape.c_in // shape.g > slot.c_in // slot.min_groups or shape.stride != slot.stride
+                shape.c_in > slot.c_in
+                or shape.c_out > slot.c_out
+                or shape.k not in slot.kernels
+                or shape.c_in // shape.g > slot.c_in // slot.min_groups
+                or shape.stride != slot.stride
             ):
                 raise ArchError(f"{where}: c{shape.c_out}_k{shape.k}_g{shape.g} does not fit this network")
 
@@ -88,16 +96,21 @@ class BinaryNet(nn.Module):
     """A binary MobileNetV1-style network running its active architecture in its current mode."""
 
     def __init__(
-        self, skeleton: Skeleton, num_classes: int, options: ModelOptions = ModelOptions(),
-        space: SearchSpace | None = None, active: Arch | None = None,
+        self,
+        skeleton: Skeleton,
+        num_classes: int,
+        options: ModelOptions = ModelOptions(),
+        space: SearchSpace | None = None,
+        active: Arch | None = None,
     ) -> None:
         super().__init__()
         self.skeleton, self.num_classes, self.options, self.space = skeleton, num_classes, options, space
         self.stem = Stem(skeleton.stem)
         self.stages = nn.ModuleList(
             nn.ModuleList(
-                SeparableBlock(s.c_in, s.c_out, s.kernels, s.min_groups, s.stride,
-                               options.bi_transform, options.weight_norm)
+                SeparableBlock(
+                    s.c_in, s.c_out, s.kernels, s.min_groups, s.stride, options.bi_transform, options.weight_norm
+                )
                 for s in stage
             )
             for stage in skeleton.stages
