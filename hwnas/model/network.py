@@ -68,7 +68,7 @@ class Skeleton:
         for shape in arch.layer_shapes(resolution=224):
             where = f"stage {shape.stage + 1}, layer {shape.index + 1}"
             if shape.index >= len(self.stages[shape.stage]):
-                raise ArchError(f"{where}: this network holds only {len(self.stages[shape.stage])} layers there")
+                raise ArchError(f"{where}: does not fit this network (it holds {len(self.stages[shape.stage])} there)")
             slot = self.stages[shape.stage][shape.index]
             if (
                 shape.c_in > slot.c_in

@@ -1,0 +1,83 @@
+"""The `hwnas` command line: outputs, --json, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hwnas.cli import main
+from hwnas.space import NASBNN
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_space_json(capsys):
+    code, out, _ = run(capsys, "space", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert data["with_nd"] == NASBNN.count() and data["without_nd"] == NASBNN.without_nd().count()
+    assert [st["with_nd"] for st in data["stages"]] == [16, 736, 736, 17367040, 736]
+
+
+def test_space_text(capsys):
+    code, out, _ = run(capsys, "space")
+    assert code == 0 and "332353674695147520" in out and "stage 4" in out
+
+
+def test_sample_ops_show(capsys, tmp_path):
+    path = tmp_path / "arch.json"
+    assert run(capsys, "sample", "--seed", "3", "-o", str(path))[0] == 0
+    arch = NASBNN.load(path)
+    code, out, _ = run(capsys, "ops", str(path), "--json", "--resolution", "32", "--classes", "10")
+    data = json.loads(out)
+    assert code == 0 and set(data) == {"ops_m", "flops_m", "bops_m", "int8ops_m"}
+    assert data["ops_m"] == pytest.approx(data["flops_m"] + data["int8ops_m"] / 8 + data["bops_m"] / 64)
+    code, out, _ = run(capsys, "show", str(path))
+    assert code == 0 and str(arch.stages[3][0]) in out and "OPs" in out
+    code, out, _ = run(capsys, "show", str(path), "--json")
+    assert len(json.loads(out)["layers"]) == sum(arch.depths)
+
+
+def test_sample_extremes_to_stdout(capsys):
+    _, out, _ = run(capsys, "sample", "--largest")
+    assert NASBNN.parse(json.loads(out)) == NASBNN.largest()
+    _, out, _ = run(capsys, "sample", "--smallest")
+    assert NASBNN.parse(json.loads(out)) == NASBNN.smallest()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "architecture file not found"),
+        ("not json", "not valid JSON"),
+        ('{"stem": 24, "stages": [["c48_k3_g1"], [], [], [], []]}', "stage 1: depth 1 not in {2, 3}"),
+    ],
+)
+@pytest.mark.parametrize("command", ["ops", "show"])
+def test_bad_arch_gives_one_line_and_exit_2(capsys, tmp_path, command, content, message):
+    path = tmp_path / "arch.json"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = run(capsys, command, str(path))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("hwnas: error: ") and message in err
+
+
+def test_pipeline_json(capsys, tmp_path):
+    code, out, err = run(capsys, "pipeline", "--out", str(tmp_path), "--resolution", "32", "--classes", "10", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["logits_shape"] == [1, 10] and data["forward_ms"] > 0
+    assert NASBNN.load(tmp_path / "arch.json").to_json() == data["arch"]
+    assert "[4/4]" in err
+
+
+def test_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "hwnas", "--version"], capture_output=True, text=True, check=True)
+    assert proc.stdout.startswith("hwnas ")
