@@ -48,11 +48,26 @@ def channel_norm(w: Tensor, eps: float = 1e-5) -> Tensor:
     return (w - mean) / torch.sqrt(var + eps)
 
 
+class _ScaledSign(torch.autograd.Function):
+    """mean|W| * sign(W) per output channel, exactly; straight-through gradient where |W| <= 1.
+
+    A custom function rather than the ``detach`` trick so the forward values are exactly
+    +-mean|W| (``a - c + c`` rounds), which the compiled network reproduces bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(w)
+        return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True) * sign(w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (w,) = ctx.saved_tensors
+        return grad * (w.abs() <= 1).to(grad.dtype)
+
+
 def scaled_sign(w: Tensor) -> Tensor:
-    """mean|W| * sign(W) per output channel; straight-through gradient clipped to |W| <= 1."""
-    scale = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True).detach()
-    clipped = w.clamp(-1.0, 1.0)
-    return (scale * sign(w)).detach() - clipped.detach() + clipped
+    return _ScaledSign.apply(w)
 
 
 def bi_transform(w: Tensor, theta: Tensor) -> Tensor:
