@@ -1,0 +1,92 @@
+"""The deployable network as plain PyTorch ops on folded constants, and its ONNX export.
+
+The training model computes its binary weights from shared real weights on every call, which
+ONNX exporters cannot turn into constant convolutions. :class:`FoldedModule` runs the
+:class:`~hwnas.compile.fold.FoldedNet` arithmetic instead (sign as a comparison, +-1 weights,
++1 padding, one affine per conv, shortcut, RPReLU), the float simulation that tools outside this
+project can read. It also cross-checks the folding against the training model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwnas.compile.fold import Activation, FoldedConv, FoldedNet
+from hwnas.model.binary import pad_binary, sign
+from hwnas.model.layers import shortcut
+
+
+def _vec(values) -> Tensor:
+    return torch.from_numpy(values).view(1, -1, 1, 1)
+
+
+class _Conv(nn.Module):
+    def __init__(self, conv: FoldedConv, groups: int, stride: int) -> None:
+        super().__init__()
+        self.groups, self.stride, self.k = groups, stride, conv.weight.shape[-1]
+        self.register_buffer("threshold", _vec(conv.threshold))
+        self.register_buffer("weight", torch.from_numpy(conv.weight))
+        self.register_buffer("scale", _vec(conv.scale))
+        self.register_buffer("bias", _vec(conv.bias))
+        self.act = _Act(conv.act)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        bits = pad_binary(sign(x - self.threshold), self.k)
+        dot = F.conv2d(bits, self.weight, stride=self.stride, groups=self.groups)
+        return self.act(dot * self.scale + self.bias + residual)
+
+
+class _Act(nn.Module):
+    def __init__(self, act: Activation) -> None:
+        super().__init__()
+        for name in ("shift_in", "slope", "shift_out"):
+            self.register_buffer(name, _vec(getattr(act, name)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = x - self.shift_in
+        return torch.where(z >= 0, z, z * self.slope) + self.shift_out
+
+
+class FoldedModule(nn.Module):
+    """image [N, 3, R, R] -> logits, computed from a FoldedNet's constants."""
+
+    def __init__(self, net: FoldedNet) -> None:
+        super().__init__()
+        self.register_buffer("stem_weight", torch.from_numpy(net.stem_weight))
+        self.register_buffer("stem_scale", _vec(net.stem_scale))
+        self.register_buffer("stem_bias", _vec(net.stem_bias))
+        self.stem_act = _Act(net.stem_act)
+        self.strides = [layer.shape.stride for layer in net.layers]
+        self.widths = [layer.shape.c_out for layer in net.layers]
+        self.group_convs = nn.ModuleList(_Conv(x.group_conv, x.shape.g, x.shape.stride) for x in net.layers)
+        self.pointwise = nn.ModuleList(_Conv(x.pointwise, 1, 1) for x in net.layers)
+        self.classifier = nn.Linear(net.head_weight.shape[1], net.num_classes)
+        self.classifier.weight.data = torch.from_numpy(net.head_weight)
+        self.classifier.bias.data = torch.from_numpy(net.head_bias)
+
+    def forward(self, image: Tensor) -> Tensor:
+        x = F.conv2d(image, self.stem_weight, stride=2, padding=1)
+        x = self.stem_act(x * self.stem_scale + self.stem_bias)
+        for group_conv, pointwise, stride, width in zip(
+            self.group_convs, self.pointwise, self.strides, self.widths, strict=True
+        ):
+            y = group_conv(x, shortcut(x, x.shape[1], stride))
+            x = pointwise(y, shortcut(y, width, 1))
+        return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def export_onnx(net: FoldedNet, path: str | Path) -> Path:
+    """Write the folded network as ONNX (opset 17) and check it with ``onnx.checker``."""
+    path = Path(path)
+    module = FoldedModule(net).eval()
+    image = torch.zeros(1, 3, net.resolution, net.resolution)
+    torch.onnx.export(
+        module, (image,), str(path), dynamo=False, input_names=["image"], output_names=["logits"], opset_version=17
+    )
+    onnx.checker.check_model(onnx.load(str(path)))
+    return path

@@ -1,0 +1,82 @@
+"""The real-valued ends of the network as scheduled TVM kernels: the 8-bit stem and the head.
+
+Both work in the compiled network's layout: batch 1, channels last ``[H, W, C]``. The stem reads
+the NCHW image, computes the 3x3 stride-2 conv (zero padding) with its exact 8-bit weights, then
+the folded BatchNorm affine and RPReLU, all in one kernel. The head averages over the pixels and
+applies the classifier, returning logits ``[1, classes]``.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import te, tirx
+
+from hwnas.arch import STEM_IN_CHANNELS, STEM_KERNEL, STEM_STRIDE, conv_out_size
+
+
+def rprelu(
+    v: tirx.PrimExpr, c: tirx.PrimExpr, shift_in: te.Tensor, slope: te.Tensor, shift_out: te.Tensor
+) -> tirx.PrimExpr:
+    """RPReLU as the model computes it: z = v - shift_in; (z if z >= 0 else z * slope) + shift_out."""
+    z = v - shift_in[c]
+    return tirx.Select(z >= tirx.const(0, "float32"), z, z * slope[c]) + shift_out[c]
+
+
+def activation_placeholders(c: int, prefix: str) -> list[te.Tensor]:
+    """The per-channel affine (scale, bias) and RPReLU (shift_in, slope, shift_out) inputs."""
+    names = ("scale", "bias", "shift_in", "slope", "shift_out")
+    return [te.placeholder((c,), "float32", name=f"{prefix}_{n}") for n in names]
+
+
+def stem_kernel(c: int, resolution: int) -> tirx.PrimFunc:
+    """PrimFunc(image [1, 3, R, R], weight [3, 3, 3, c] (ci, ky, kx, co), scale, bias, shift_in,
+    slope, shift_out, out [H, H, c])."""
+    size = conv_out_size(resolution, STEM_KERNEL, STEM_STRIDE)
+    image = te.placeholder((1, STEM_IN_CHANNELS, resolution, resolution), "float32", name="image")
+    weight = te.placeholder((STEM_IN_CHANNELS, STEM_KERNEL, STEM_KERNEL, c), "float32", name="weight")
+    params = activation_placeholders(c, "stem")
+    scale, bias, *act = params
+    ci = te.reduce_axis((0, STEM_IN_CHANNELS), name="ci")
+    ky = te.reduce_axis((0, STEM_KERNEL), name="ky")
+    kx = te.reduce_axis((0, STEM_KERNEL), name="kx")
+    pad = STEM_KERNEL // 2
+
+    def pixel(y, x):
+        iy, ix = y * STEM_STRIDE + ky - pad, x * STEM_STRIDE + kx - pad
+        inside = tirx.all(iy >= 0, iy < resolution, ix >= 0, ix < resolution)
+        return tirx.if_then_else(inside, image[0, ci, iy, ix], tirx.const(0, "float32"))
+
+    acc = te.compute(
+        (size, size, c), lambda y, x, o: te.sum(pixel(y, x) * weight[ci, ky, kx, o], axis=[ci, ky, kx]), name="acc"
+    )
+    out = te.compute((size, size, c), lambda y, x, o: rprelu(acc[y, x, o] * scale[o] + bias[o], o, *act), name="out")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([image, weight, *params, out]))
+    block = sch.get_sblock("acc")
+    y, x, o, r_ci, r_ky, r_kx = sch.get_loops(block)
+    sch.reorder(y, x, r_ci, r_ky, r_kx, o)
+    sch.vectorize(o)
+    sch.set_scope(block, 0, "local")
+    out_block = sch.get_sblock("out")
+    sch.reverse_compute_at(out_block, x)
+    sch.vectorize(sch.get_loops(out_block)[-1])
+    sch.parallel(y)
+    init = sch.decompose_reduction(block, r_ci)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch.mod["main"]
+
+
+def head_kernel(c: int, size: int, classes: int) -> tirx.PrimFunc:
+    """PrimFunc(x [size, size, c], weight [classes, c], bias [classes], logits [1, classes]):
+    global average pooling, then the full-precision classifier."""
+    x = te.placeholder((size, size, c), "float32", name="x")
+    weight = te.placeholder((classes, c), "float32", name="weight")
+    bias = te.placeholder((classes,), "float32", name="bias")
+    ry = te.reduce_axis((0, size), name="ry")
+    rx = te.reduce_axis((0, size), name="rx")
+    total = te.compute((c,), lambda o: te.sum(x[ry, rx, o], axis=[ry, rx]), name="total")
+    pooled = te.compute((c,), lambda o: total[o] / tirx.const(size * size, "float32"), name="pooled")
+    rc = te.reduce_axis((0, c), name="rc")
+    logits = te.compute((1, classes), lambda _, j: te.sum(pooled[rc] * weight[j, rc], axis=rc) + bias[j], name="logits")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, bias, logits]))
+    sch.parallel(sch.get_loops(sch.get_sblock("logits"))[1])
+    return sch.mod["main"]
