@@ -1,0 +1,124 @@
+"""Bit packing into the layout documented in ``hwnas.compile.binconv``.
+
+Weights are packed once, offline, with NumPy (``pack_weights``). Activations are packed at run
+time by a TVM kernel (``pack_activations``), which also writes the zero (= +1) border the next
+conv needs. On x86 with channels-last input it compares 8 floats at a time and gathers their
+sign bits with ``movmskps`` (a movemask), 8 instructions per 64-bit word instead of a 64-term
+bit sum; elsewhere (NCHW input, other targets, cg not a multiple of 8) a portable bit sum.
+``pack_activations_ref`` is the NumPy reference the kernel is tested against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+from tvm.script import tirx as T
+
+from hwnas.compile.binconv import WORD_BITS, ConvShape
+from hwnas.compile.tvm_targets import is_x86
+
+MOVEMASK_LANES = 8
+_MOVEMASK_INTRIN = "llvm.x86.avx.movmsk.ps.256"
+
+
+def _pack_bits(neg: np.ndarray, groups: int) -> np.ndarray:
+    """Pack booleans [..., channels] (True = -1) per group into uint64 words [..., groups * words]."""
+    *lead, channels = neg.shape
+    cg = channels // groups
+    words = -(-cg // WORD_BITS)
+    bits = np.zeros((*lead, groups, words * WORD_BITS), dtype=bool)
+    bits[..., :cg] = neg.reshape(*lead, groups, cg)
+    packed = np.packbits(bits, axis=-1, bitorder="little")  # bytes, lowest channel in bit 0
+    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64).reshape(*lead, groups * words)
+
+
+def pack_weights(weight: np.ndarray, groups: int, vb: int) -> np.ndarray:
+    """Pack real OIHW weights [c_out, c_in/groups, k, k] (sign taken here) to [c_out/vb, k, k, words, vb]."""
+    c_out, _, k, _ = weight.shape
+    if (c_out // groups) % vb:
+        raise ValueError(f"vb {vb} must divide the output channels per group {c_out // groups}")
+    neg = np.asarray(weight) < 0  # sign(w) = -1 exactly where w < 0
+    words = _pack_bits(neg.transpose(0, 2, 3, 1), 1)  # [c_out, k, k, words]
+    return np.ascontiguousarray(words.reshape(c_out // vb, vb, k, k, -1).transpose(0, 2, 3, 4, 1))
+
+
+def pack_activations_ref(x: np.ndarray, threshold: np.ndarray, groups: int, pad: int) -> np.ndarray:
+    """Reference packer: float CHW [c, h, w] -> uint64 [h + 2 pad, w + 2 pad, groups * words]."""
+    neg = (x - threshold[:, None, None]) < 0
+    packed = _pack_bits(neg.transpose(1, 2, 0), groups)
+    return np.pad(packed, ((pad, pad), (pad, pad), (0, 0)))
+
+
+def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int) -> tirx.PrimFunc:
+    """x86 packer for NHWC input: one movmskps per 8 channels; needs cg % 8 == 0."""
+    cg = c // groups
+    words = -(-cg // WORD_BITS)
+    chunks = cg // MOVEMASK_LANES
+    hp, wp = h + 2 * pad, w + 2 * pad
+
+    @T.prim_func(private=True)
+    def pack(x: T.Buffer((h, w, c), "float32"), thr: T.Buffer((c,), "float32"),
+             out: T.Buffer((hp, wp, groups * words), "uint64")):
+        T.func_attr({"tirx.noalias": True})
+        for yp in T.parallel(hp):
+            for xp, g, wd in T.grid(wp, groups, words):
+                with T.sblock("pack"):
+                    vy, vx, vg, vw = T.axis.remap("SSSS", [yp, xp, g, wd])
+                    out[vy, vx, vg * words + vw] = T.uint64(0)
+                    if pad <= vy < h + pad and pad <= vx < w + pad:
+                        for q in T.unroll(MOVEMASK_LANES):
+                            if vw * MOVEMASK_LANES + q < chunks:
+                                base = vg * cg + (vw * MOVEMASK_LANES + q) * MOVEMASK_LANES
+                                diff = (x[vy - pad, vx - pad, base:base + MOVEMASK_LANES]
+                                        - thr[base:base + MOVEMASK_LANES])
+                                # -1.0 where x - t < 0 so that -0.0 (which is >= 0) maps to +1
+                                neg = T.Select(diff < T.float32(0), T.Broadcast(T.float32(-1), 8),
+                                               T.Broadcast(T.float32(1), 8))
+                                mask = T.call_llvm_pure_intrin("int32", _MOVEMASK_INTRIN, neg)
+                                out[vy, vx, vg * words + vw] = out[vy, vx, vg * words + vw] | (
+                                    T.shift_left(T.Cast("uint64", mask), T.uint64(q * MOVEMASK_LANES)))
+
+    return pack
+
+
+def _packer_portable(c: int, h: int, w: int, groups: int, pad: int, layout: str) -> tirx.PrimFunc:
+    """Portable packer: a bit sum over the channels of a word, for any target and layout."""
+    cg = c // groups
+    words = -(-cg // WORD_BITS)
+    x = te.placeholder((h, w, c) if layout == "NHWC" else (c, h, w), "float32", name="x")
+    thr = te.placeholder((c,), "float32", name="thr")
+    j = te.reduce_axis((0, WORD_BITS), name="j")
+
+    def bit(y, xx, word, jj):
+        ch = (word // words) * cg + (word % words) * WORD_BITS + jj
+        val = x[y, xx, ch] if layout == "NHWC" else x[ch, y, xx]
+        neg = tirx.all((word % words) * WORD_BITS + jj < cg, val - thr[ch] < tirx.const(0, "float32"))
+        return tirx.if_then_else(neg, tirx.const(1, "uint64") << jj.astype("uint64"), tirx.const(0, "uint64"))
+
+    def word_at(yp, xp, word):
+        inside = tirx.all(yp >= pad, yp < h + pad, xp >= pad, xp < w + pad)
+        return te.sum(tirx.if_then_else(inside, bit(yp - pad, xp - pad, word, j), tirx.const(0, "uint64")),
+                      axis=j)
+
+    out = te.compute((h + 2 * pad, w + 2 * pad, groups * words), word_at, name="pack")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, thr, out]))
+    sch.parallel(sch.get_loops(sch.get_sblock("pack"))[0])
+    return sch.mod["main"]
+
+
+def pack_activations(
+    c: int, h: int, w: int, groups: int, pad: int, target: tvm.target.Target, layout: str = "NHWC"
+) -> tirx.PrimFunc:
+    """PrimFunc (x [h, w, c] or [c, h, w] float32, threshold [c] float32, out uint64) packing
+    sign(x - threshold) for a conv with ``groups`` groups and spatial padding ``pad``."""
+    if layout not in ("NHWC", "NCHW"):
+        raise ValueError(f"layout must be NHWC or NCHW, got {layout!r}")
+    if layout == "NHWC" and is_x86(target) and (c // groups) % MOVEMASK_LANES == 0:
+        return _packer_movemask(c, h, w, groups, pad)
+    return _packer_portable(c, h, w, groups, pad, layout)
+
+
+def packer_for(shape: ConvShape, target: tvm.target.Target, layout: str = "NHWC") -> tirx.PrimFunc:
+    """The activation packer feeding the conv ``shape``."""
+    return pack_activations(shape.c_in, shape.height, shape.width, shape.groups, shape.pad, target, layout)
