@@ -57,7 +57,7 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int) -> tirx.Prim
     chunks = cg // MOVEMASK_LANES
     hp, wp = h + 2 * pad, w + 2 * pad
 
-    @T.prim_func(private=True)
+    @T.prim_func(private=True, s_tir=True)
     def pack(x: T.Buffer((h, w, c), "float32"), thr: T.Buffer((c,), "float32"),
              out: T.Buffer((hp, wp, groups * words), "uint64")):
         T.func_attr({"tirx.noalias": True})
@@ -65,13 +65,15 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int) -> tirx.Prim
             for xp, g, wd in T.grid(wp, groups, words):
                 with T.sblock("pack"):
                     vy, vx, vg, vw = T.axis.remap("SSSS", [yp, xp, g, wd])
+                    T.reads(x[0:h, 0:w, vg * cg:vg * cg + cg], thr[vg * cg:vg * cg + cg])
+                    T.writes(out[vy, vx, vg * words + vw])
                     out[vy, vx, vg * words + vw] = T.uint64(0)
                     if pad <= vy < h + pad and pad <= vx < w + pad:
                         for q in T.unroll(MOVEMASK_LANES):
                             if vw * MOVEMASK_LANES + q < chunks:
                                 base = vg * cg + (vw * MOVEMASK_LANES + q) * MOVEMASK_LANES
-                                diff = (x[vy - pad, vx - pad, base:base + MOVEMASK_LANES]
-                                        - thr[base:base + MOVEMASK_LANES])
+                                lanes = T.Ramp(base, 1, MOVEMASK_LANES)
+                                diff = x[vy - pad, vx - pad, lanes] - thr[lanes]
                                 # -1.0 where x - t < 0 so that -0.0 (which is >= 0) maps to +1
                                 neg = T.Select(diff < T.float32(0), T.Broadcast(T.float32(-1), 8),
                                                T.Broadcast(T.float32(1), 8))
