@@ -6,6 +6,9 @@ tests, benchmarks and latency profiling of one layer.
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +31,28 @@ def run(mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int, ...], 
     return out.numpy()
 
 
-def time_median(mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int, ...], out_dtype: str,
-                repeat: int = 25, min_repeat_ms: int = 20) -> float:
-    """Median seconds per call of ``main``: one warm-up call, then ``repeat`` timed batches."""
+def batch_timer(mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int, ...], out_dtype: str,
+                min_repeat_ms: int = 10) -> Callable[[], float]:
+    """A callable that times one batch of calls of ``main`` and returns seconds per call.
+
+    The batch size is calibrated once so that a batch lasts about ``min_repeat_ms``; benchmarks
+    call several such timers in turn so that kernels compared with each other see the same load.
+    """
     dev = tvm.cpu()
     tensors = [tvm.runtime.tensor(a, dev) for a in args]
     tensors.append(tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev))
-    mod["main"](*tensors)
-    timer = mod.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
-    return float(np.median(timer(*tensors).results))
+    mod["main"](*tensors)  # warm-up
+    once = mod.time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=min_repeat_ms)(*tensors).mean
+    number = max(1, math.ceil(min_repeat_ms * 1e-3 / once))
+    timer = mod.time_evaluator("main", dev, number=number, repeat=1)
+    return lambda: float(timer(*tensors).mean)
+
+
+def time_median(mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int, ...], out_dtype: str,
+                repeat: int = 15, min_repeat_ms: int = 10) -> float:
+    """Median seconds per call of ``main`` over ``repeat`` batches."""
+    timer = batch_timer(mod, *args, out_shape=out_shape, out_dtype=out_dtype, min_repeat_ms=min_repeat_ms)
+    return statistics.median(timer() for _ in range(repeat))
 
 
 def export_cross(func: tvm.tirx.PrimFunc, target: tvm.target.Target, path: str | Path,
