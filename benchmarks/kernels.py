@@ -89,12 +89,15 @@ def torch_timer(fn: Callable[[], object], min_repeat_ms: int) -> Callable[[], fl
     return batch
 
 
-def interleaved_medians(timers: dict[str, Callable[[], float]], repeat: int) -> dict[str, float]:
+def interleaved_medians(timers: dict[str, Callable[[], float]], repeat: int,
+                        pause_s: float = 0.01) -> dict[str, float]:
     """Median seconds per call of each timer, taking one batch of each in turn, ``repeat`` rounds,
-    so that all of them see the same load from other jobs on the machine."""
+    so that all of them see the same load from other jobs on the machine. The pause before each
+    batch lets the previous one's spinning worker threads (OpenMP's and TVM's) go to sleep."""
     samples: dict[str, list[float]] = {name: [] for name in timers}
     for _ in range(repeat):
         for name, timer in timers.items():
+            time.sleep(pause_s)
             samples[name].append(timer())
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -147,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     targets = {name: tvm_targets.get_target(name) for name in ("local", "x86-avx2")}
     # other jobs on the cores distort torch's OpenMP far more than TVM's pool: show the load
     print(f"threads: tvm {threads}, torch {torch.get_num_threads()}; local mcpu "
-          f"{tvm_targets.target_dict('local')['mcpu']}; load average {os.getloadavg()[0]:.2f}", file=log)
+          f"{tvm_targets.target_dict('local')['mcpu']}, vector popcount "
+          f"{tvm_targets.has_vector_popcount(targets['local'])}; load average {os.getloadavg()[0]:.2f}",
+          file=log)
     print(" ".join(f"{name:>{width}}" for name, width, _ in COLUMNS), file=log)
     rng = np.random.default_rng(0)
     rows = []

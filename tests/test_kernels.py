@@ -75,6 +75,18 @@ def test_conv_matches_torch(target_name: str, dims: tuple[int, ...]) -> None:
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("tile", [Tile(4, 8), Tile(8, 4), Tile(1, 24), Tile(7, 2)], ids=str)
+def test_conv_explicit_tiles(tile: Tile) -> None:
+    """Tiles other than the heuristic's, including px = W_out and multi-pixel tiles."""
+    shape = ConvShape(96, 48, 3, 2, 1, 8, 8) if tile.px != 7 else ConvShape(96, 48, 5, 2, 2, 14, 13)
+    target = tvm_targets.get_target("local")
+    func, _ = binary_conv2d(shape, target, tile=tile)
+    x, threshold, w = random_layer(shape, seed=tile.px)
+    out = run(build(func, target), pack_activations_ref(x, threshold, shape.groups, shape.pad),
+              pack_weights(w, shape.groups, tile.vb), out_shape=shape.output_shape, out_dtype="int32")
+    np.testing.assert_array_equal(out, reference_conv(signs(x - threshold[:, None, None]), signs(w), shape))
+
+
 def test_conv_affine_epilogue_and_explicit_tile() -> None:
     shape = ConvShape(64, 32, 3, 2, 2, 8, 8)
     target = tvm_targets.get_target("local")
