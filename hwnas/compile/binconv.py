@@ -189,7 +189,9 @@ def schedule_conv(func: tirx.PrimFunc, tile: Tile) -> tirx.PrimFunc:
     sch.reorder(b, y, xo, ky, kx, kw, xi, v)
     sch.vectorize(v)
     sch.unroll(xi)
-    sch.set_scope(acc, 0, "local")
+    # the accumulator tile stays in "global" scope: compacted to px * vb words it is then a stack
+    # array that LLVM keeps in registers, while a "local" buffer is lowered to a workspace
+    # allocation (TVMBackendAllocWorkspace) in every parallel task
     out = sch.get_sblock("out")
     sch.reverse_compute_at(out, xo)
     oc = sch.get_loops(out)[-1]
