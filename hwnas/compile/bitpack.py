@@ -61,6 +61,7 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int) -> tirx.Prim
     def pack(x: T.Buffer((h, w, c), "float32"), thr: T.Buffer((c,), "float32"),
              out: T.Buffer((hp, wp, groups * words), "uint64")):
         T.func_attr({"tirx.noalias": True})
+        x_flat = T.decl_buffer((h * w * c,), "float32", data=x.data)
         for yp in T.parallel(hp):
             for xp, g, wd in T.grid(wp, groups, words):
                 with T.sblock("pack"):
@@ -72,8 +73,11 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int) -> tirx.Prim
                         for q in T.unroll(MOVEMASK_LANES):
                             if vw * MOVEMASK_LANES + q < chunks:
                                 base = vg * cg + (vw * MOVEMASK_LANES + q) * MOVEMASK_LANES
-                                lanes = T.Ramp(base, 1, MOVEMASK_LANES)
-                                diff = x[vy - pad, vx - pad, lanes] - thr[lanes]
+                                # flat Ramp index: a 3-d index is not simplified to a Ramp
+                                # and codegen would gather the 8 floats one by one
+                                pixel = ((vy - pad) * w + vx - pad) * c
+                                diff = (x_flat[T.Ramp(pixel + base, 1, MOVEMASK_LANES)]
+                                        - thr[T.Ramp(base, 1, MOVEMASK_LANES)])
                                 # -1.0 where x - t < 0 so that -0.0 (which is >= 0) maps to +1
                                 neg = T.Select(diff < T.float32(0), T.Broadcast(T.float32(-1), 8),
                                                T.Broadcast(T.float32(1), 8))
