@@ -89,9 +89,9 @@ def torch_timer(fn: Callable[[], object], min_repeat_ms: int) -> Callable[[], fl
     return batch
 
 
-def interleaved_medians(timers: dict[str, Callable[[], float]], repeat: int,
-                        pause_s: float = 0.01) -> dict[str, float]:
-    """Median seconds per call of each timer, taking one batch of each in turn, ``repeat`` rounds,
+def interleaved_samples(timers: dict[str, Callable[[], float]], repeat: int,
+                        pause_s: float = 0.01) -> dict[str, list[float]]:
+    """Seconds per call of each timer, taking one batch of each in turn, ``repeat`` rounds,
     so that all of them see the same load from other jobs on the machine. The pause before each
     batch lets the previous one's spinning worker threads (OpenMP's and TVM's) go to sleep."""
     samples: dict[str, list[float]] = {name: [] for name in timers}
@@ -99,7 +99,7 @@ def interleaved_medians(timers: dict[str, Callable[[], float]], repeat: int,
         for name, timer in timers.items():
             time.sleep(pause_s)
             samples[name].append(timer())
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 COLUMNS = (("c_in", 5, "d"), ("c_out", 5, "d"), ("k", 2, "d"), ("groups", 3, "d"), ("stride", 2, "d"),
@@ -129,9 +129,13 @@ def measure(shape: ConvShape, targets: dict, repeat: int, min_repeat_ms: int,
     timers["pack"] = batch_timer(build(packer_for(shape, targets["local"]), targets["local"]), x_hwc,
                                  np.zeros(shape.c_in, "float32"), out_shape=shape.packed_input_shape,
                                  out_dtype="uint64", min_repeat_ms=min_repeat_ms)
-    row.update({f"{name}_us": t * 1e6 for name, t in interleaved_medians(timers, repeat).items()})
+    for name, values in interleaved_samples(timers, repeat).items():
+        row[f"{name}_us"] = statistics.median(values) * 1e6
+        row[f"{name}_min_us"] = min(values) * 1e6  # less sensitive to other jobs than the median
     row["speedup_local"] = row["torch_us"] / row["local_us"]
     row["speedup_avx2"] = row["torch_us"] / row["x86-avx2_us"]
+    row["speedup_local_min"] = row["torch_min_us"] / row["local_min_us"]
+    row["speedup_avx2_min"] = row["torch_min_us"] / row["x86-avx2_min_us"]
     return row
 
 
@@ -169,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median speedup avx2: {med_avx2:.1f}", file=log)
     if args.json:
         json.dump({"threads": threads, "local_target": tvm_targets.target_dict("local"), "rows": rows,
-                   "median_speedup_local": med_local, "median_speedup_avx2": med_avx2}, sys.stdout)
+                   "median_speedup_local": med_local, "median_speedup_avx2": med_avx2,
+                   "median_speedup_local_min": statistics.median(r["speedup_local_min"] for r in rows),
+                   "median_speedup_avx2_min": statistics.median(r["speedup_avx2_min"] for r in rows)},
+                  sys.stdout)
         print()
     return 0
 
