@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import tvm
+from tvm import relax
 
 from hwnas.compile import tvm_targets
 from hwnas.compile.binconv import ConvShape, Tile, binary_conv2d
-from hwnas.compile.bitpack import pack_activations, pack_activations_ref, pack_weights
+from hwnas.compile.bitpack import pack_activations, pack_activations_ref, pack_weights, packer_for
 from hwnas.compile.runner import build, export_cross, run
 
 HOST_TARGETS = ("local", "x86-avx2")
@@ -143,6 +145,31 @@ def test_weight_packer_layout() -> None:
     packed = pack_weights(w, groups=2, vb=8)
     assert packed.shape == (2, 3, 3, 2, 8)
     assert np.count_nonzero(packed) == 1 and int(packed[1, 2, 1, 1, 1]) == 1 << 2
+
+
+def test_packer_and_conv_in_a_relax_module() -> None:
+    """The PrimFuncs are private and compose with R.call_tir, as the network compiler uses them."""
+    shape = ConvShape(64, 64, 3, 2, 1, 8, 8)
+    target = tvm_targets.get_target("local")
+    conv, tile = binary_conv2d(shape, target)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((shape.height, shape.width, shape.c_in), "float32"))
+    thr = relax.Var("thr", relax.TensorType((shape.c_in,), "float32"))
+    wgt = relax.Var("wgt", relax.TensorType(shape.packed_weight_shape(tile.vb), "uint64"))
+    with bb.function("main", [x, thr, wgt]):
+        with bb.dataflow():
+            packer = bb.add_func(packer_for(shape, target), "pack")
+            packed = relax.TensorType(shape.packed_input_shape, "uint64")
+            act = bb.emit(relax.call_tir(packer, [x, thr], packed))
+            out = bb.emit_output(relax.call_tir(bb.add_func(conv, "binconv"), [act, wgt],
+                                                relax.TensorType(shape.output_shape, "int32")))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
+    xv, threshold, w = random_layer(shape, seed=3)
+    got = vm["main"](*(tvm.runtime.tensor(v) for v in (np.ascontiguousarray(xv.transpose(1, 2, 0)), threshold,
+                                                       pack_weights(w, shape.groups, tile.vb))))
+    expected = reference_conv(signs(xv - threshold[:, None, None]), signs(w), shape)
+    np.testing.assert_array_equal(got.numpy(), expected)
 
 
 @pytest.mark.skipif(shutil.which(tvm_targets.AARCH64_CC) is None, reason="no aarch64 cross compiler")

@@ -110,7 +110,7 @@ def _packer_portable(c: int, h: int, w: int, groups: int, pad: int, layout: str)
     out = te.compute((h + 2 * pad, w + 2 * pad, groups * words), word_at, name="pack")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, thr, out]))
     sch.parallel(sch.get_loops(sch.get_sblock("pack"))[0])
-    return sch.mod["main"]
+    return sch.mod["main"].without_attr("global_symbol")  # private: a Relax module names it
 
 
 def pack_activations(
