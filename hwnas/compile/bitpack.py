@@ -2,7 +2,7 @@
 
 Weights are packed once, offline, with NumPy (``pack_weights``). Activations are packed at run
 time by a TVM kernel (``pack_activations``), which also writes the zero (= +1) border the next
-conv needs. On x86 with channels-last input it compares 8 floats at a time and gathers their
+conv needs. On x86 with AVX and channels-last input it compares 8 floats at a time and gathers their
 sign bits with ``movmskps`` (a movemask), 8 instructions per 64-bit word instead of a 64-term
 bit sum; elsewhere (NCHW input, other targets, cg not a multiple of 8) a portable bit sum.
 ``pack_activations_ref`` is the NumPy reference the kernel is tested against.
@@ -16,7 +16,7 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from hwnas.compile.binconv import WORD_BITS, ConvShape
-from hwnas.compile.tvm_targets import is_x86
+from hwnas.compile.tvm_targets import has_movemask
 
 MOVEMASK_LANES = 8
 _MOVEMASK_INTRIN = "llvm.x86.avx.movmsk.ps.256"
@@ -120,7 +120,7 @@ def pack_activations(
     sign(x - threshold) for a conv with ``groups`` groups and spatial padding ``pad``."""
     if layout not in ("NHWC", "NCHW"):
         raise ValueError(f"layout must be NHWC or NCHW, got {layout!r}")
-    if layout == "NHWC" and is_x86(target) and (c // groups) % MOVEMASK_LANES == 0:
+    if layout == "NHWC" and has_movemask(target) and (c // groups) % MOVEMASK_LANES == 0:
         return _packer_movemask(c, h, w, groups, pad)
     return _packer_portable(c, h, w, groups, pad, layout)
 

@@ -38,9 +38,14 @@ def get_target(name: str) -> tvm.target.Target:
     return tvm.target.Target(target_dict(name))
 
 
+def cpu_features(target: tvm.target.Target) -> set[str]:
+    """The LLVM CPU features of a target (from its mtriple, mcpu and mattr)."""
+    return set(codegen.llvm_get_cpu_features(target))
+
+
 def vector_bits(target: tvm.target.Target) -> int:
-    """Width in bits of the target's widest SIMD registers (from its LLVM CPU features)."""
-    features = codegen.llvm_get_cpu_features(target)
+    """Width in bits of the target's widest SIMD registers."""
+    features = cpu_features(target)
     if "avx512f" in features:
         return 512
     if "avx2" in features:
@@ -50,13 +55,12 @@ def vector_bits(target: tvm.target.Target) -> int:
 
 def has_vector_popcount(target: tvm.target.Target) -> bool:
     """True when the target has a native 64-bit-lane vector popcount (AVX-512 VPOPCNTDQ)."""
-    return "avx512vpopcntdq" in codegen.llvm_get_cpu_features(target)
+    return "avx512vpopcntdq" in cpu_features(target)
 
 
-def is_x86(target: tvm.target.Target) -> bool:
-    """True for x86-64 LLVM targets (movemask-style packing is available)."""
-    triple = str(target.attrs.get("mtriple", "")) or codegen.llvm_get_system_triple()
-    return triple.startswith("x86_64")
+def has_movemask(target: tvm.target.Target) -> bool:
+    """True when the target has AVX's ``vmovmskps`` (8 float sign bits to an integer)."""
+    return "avx" in cpu_features(target)
 
 
 def set_num_threads(n: int | None = None) -> int:
