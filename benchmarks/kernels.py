@@ -117,18 +117,23 @@ def measure(shape: ConvShape, targets: dict, repeat: int, min_repeat_ms: int,
         return F.conv2d(x, w, stride=shape.stride, padding=shape.pad, groups=shape.groups)
 
     timers = {"torch": torch_timer(torch_conv, min_repeat_ms)}
-    act = rng.integers(0, 2**63, size=shape.packed_input_shape, dtype=np.uint64)
     row: dict = {}
+    tiles = {}
     for name, target in targets.items():
-        func, tile = binary_conv2d(shape, target)
-        wgt = pack_weights(w.numpy(), shape.groups, tile.vb)
+        func, tiles[name] = binary_conv2d(shape, target)
+        tile = tiles[name]
+        size = shape.packed_input_shape(tile.word_bits)
+        act = rng.integers(0, 2**tile.word_bits, size=size, dtype=tile.dtype)
+        wgt = pack_weights(w.numpy(), shape.groups, tile.vb, tile.word_bits)
         timers[name] = batch_timer(build(func, target), act, wgt, out_shape=shape.output_shape,
                                    out_dtype="int32", min_repeat_ms=min_repeat_ms)
-        row[f"{name}_tile"] = [tile.px, tile.vb]
+        row[f"{name}_tile"] = [tile.px, tile.vb, tile.word_bits]
     x_hwc = np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
-    timers["pack"] = batch_timer(build(packer_for(shape, targets["local"]), targets["local"]), x_hwc,
-                                 np.zeros(shape.c_in, "float32"), out_shape=shape.packed_input_shape,
-                                 out_dtype="uint64", min_repeat_ms=min_repeat_ms)
+    local = targets["local"]
+    timers["pack"] = batch_timer(build(packer_for(shape, tiles["local"], local), local), x_hwc,
+                                 np.zeros(shape.c_in, "float32"),
+                                 out_shape=shape.packed_input_shape(tiles["local"].word_bits),
+                                 out_dtype=tiles["local"].dtype, min_repeat_ms=min_repeat_ms)
     for name, values in interleaved_samples(timers, repeat).items():
         row[f"{name}_us"] = statistics.median(values) * 1e6
         row[f"{name}_min_us"] = min(values) * 1e6  # less sensitive to other jobs than the median

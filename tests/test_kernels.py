@@ -70,35 +70,39 @@ def test_conv_matches_torch(target_name: str, dims: tuple[int, ...]) -> None:
     target = tvm_targets.get_target(target_name)
     func, tile = binary_conv2d(shape, target)
     x, threshold, w = random_layer(shape, seed=sum(dims))
-    act = pack_activations_ref(x, threshold, shape.groups, shape.pad)
-    out = run(build(func, target), act, pack_weights(w, shape.groups, tile.vb),
+    act = pack_activations_ref(x, threshold, shape.groups, shape.pad, tile.word_bits)
+    out = run(build(func, target), act, pack_weights(w, shape.groups, tile.vb, tile.word_bits),
               out_shape=shape.output_shape, out_dtype="int32")
     expected = reference_conv(signs(x - threshold[:, None, None]), signs(w), shape)
     np.testing.assert_array_equal(out, expected)
 
 
-@pytest.mark.parametrize("tile", [Tile(4, 8), Tile(8, 4), Tile(1, 24), Tile(7, 2)], ids=str)
+EXPLICIT_TILES = [Tile(4, 8), Tile(8, 4, 32), Tile(1, 24), Tile(7, 2), Tile(7, 12, 32)]
+
+
+@pytest.mark.parametrize("tile", EXPLICIT_TILES, ids=str)
 def test_conv_explicit_tiles(tile: Tile) -> None:
     """Tiles other than the heuristic's, including px = W_out and multi-pixel tiles."""
     shape = ConvShape(96, 48, 3, 2, 1, 8, 8) if tile.px != 7 else ConvShape(96, 48, 5, 2, 2, 14, 13)
     target = tvm_targets.get_target("local")
     func, _ = binary_conv2d(shape, target, tile=tile)
     x, threshold, w = random_layer(shape, seed=tile.px)
-    out = run(build(func, target), pack_activations_ref(x, threshold, shape.groups, shape.pad),
-              pack_weights(w, shape.groups, tile.vb), out_shape=shape.output_shape, out_dtype="int32")
+    act = pack_activations_ref(x, threshold, shape.groups, shape.pad, tile.word_bits)
+    out = run(build(func, target), act, pack_weights(w, shape.groups, tile.vb, tile.word_bits),
+              out_shape=shape.output_shape, out_dtype="int32")
     np.testing.assert_array_equal(out, reference_conv(signs(x - threshold[:, None, None]), signs(w), shape))
 
 
 def test_conv_affine_epilogue_and_explicit_tile() -> None:
     shape = ConvShape(64, 32, 3, 2, 2, 8, 8)
     target = tvm_targets.get_target("local")
-    func, tile = binary_conv2d(shape, target, tile=Tile(px=2, vb=8), affine=True)
-    assert tile == Tile(px=2, vb=8)
+    func, tile = binary_conv2d(shape, target, tile=Tile(px=2, vb=8, word_bits=32), affine=True)
+    assert tile == Tile(px=2, vb=8, word_bits=32)
     x, threshold, w = random_layer(shape, seed=7)
     scale = np.linspace(-1.5, 2.0, shape.c_out, dtype=np.float32)
     bias = np.linspace(3.0, -1.0, shape.c_out, dtype=np.float32)
-    out = run(build(func, target), pack_activations_ref(x, threshold, shape.groups, shape.pad),
-              pack_weights(w, shape.groups, tile.vb), scale, bias, out_shape=shape.output_shape,
+    out = run(build(func, target), pack_activations_ref(x, threshold, shape.groups, shape.pad, 32),
+              pack_weights(w, shape.groups, tile.vb, 32), scale, bias, out_shape=shape.output_shape,
               out_dtype="float32")
     dot = reference_conv(signs(x - threshold[:, None, None]), signs(w), shape)
     np.testing.assert_allclose(out, dot * scale + bias, rtol=1e-6, atol=1e-5)
@@ -124,17 +128,18 @@ def test_reference_packer_layout() -> None:
 
 @pytest.mark.parametrize("target_name", (*HOST_TARGETS, "aarch64-portable"))
 @pytest.mark.parametrize("layout", ("NHWC", "NCHW"))
+@pytest.mark.parametrize("word_bits", (32, 64))
 @pytest.mark.parametrize("dims", [(40, 5, 6, 2, 1), (96, 7, 7, 2, 2), (200, 9, 4, 1, 0), (192, 6, 6, 3, 1)])
-def test_activation_packer(target_name: str, layout: str, dims: tuple[int, ...]) -> None:
+def test_activation_packer(target_name: str, layout: str, word_bits: int, dims: tuple[int, ...]) -> None:
     c, h, w, groups, pad = dims
     x, threshold, _ = random_layer(ConvShape(c, c, 2 * pad + 1, groups, 1, h, w), seed=c + h)
     # the portable packer (chosen for non-x86 targets) is tested by building it for the host
     target = tvm_targets.get_target(target_name.removesuffix("-portable"))
-    func = pack_activations(c, h, w, groups, pad, target, layout)
+    func = pack_activations(c, h, w, groups, pad, target, layout, word_bits)
     host = tvm_targets.get_target("local") if target_name.endswith("portable") else target
     data = np.ascontiguousarray(x.transpose(1, 2, 0)) if layout == "NHWC" else x
-    expected = pack_activations_ref(x, threshold, groups, pad)
-    out = run(build(func, host), data, threshold, out_shape=expected.shape, out_dtype="uint64")
+    expected = pack_activations_ref(x, threshold, groups, pad, word_bits)
+    out = run(build(func, host), data, threshold, out_shape=expected.shape, out_dtype=str(expected.dtype))
     np.testing.assert_array_equal(out, expected)
 
 
@@ -155,19 +160,20 @@ def test_packer_and_conv_in_a_relax_module() -> None:
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((shape.height, shape.width, shape.c_in), "float32"))
     thr = relax.Var("thr", relax.TensorType((shape.c_in,), "float32"))
-    wgt = relax.Var("wgt", relax.TensorType(shape.packed_weight_shape(tile.vb), "uint64"))
+    wgt = relax.Var("wgt", relax.TensorType(shape.packed_weight_shape(tile.vb, tile.word_bits), tile.dtype))
     with bb.function("main", [x, thr, wgt]):
         with bb.dataflow():
-            packer = bb.add_func(packer_for(shape, target), "pack")
-            packed = relax.TensorType(shape.packed_input_shape, "uint64")
+            packer = bb.add_func(packer_for(shape, tile, target), "pack")
+            packed = relax.TensorType(shape.packed_input_shape(tile.word_bits), tile.dtype)
             act = bb.emit(relax.call_tir(packer, [x, thr], packed))
             out = bb.emit_output(relax.call_tir(bb.add_func(conv, "binconv"), [act, wgt],
                                                 relax.TensorType(shape.output_shape, "int32")))
         bb.emit_func_output(out)
     vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
     xv, threshold, w = random_layer(shape, seed=3)
-    got = vm["main"](*(tvm.runtime.tensor(v) for v in (np.ascontiguousarray(xv.transpose(1, 2, 0)), threshold,
-                                                       pack_weights(w, shape.groups, tile.vb))))
+    inputs = (np.ascontiguousarray(xv.transpose(1, 2, 0)), threshold,
+              pack_weights(w, shape.groups, tile.vb, tile.word_bits))
+    got = vm["main"](*(tvm.runtime.tensor(v) for v in inputs))
     expected = reference_conv(signs(xv - threshold[:, None, None]), signs(w), shape)
     np.testing.assert_array_equal(got.numpy(), expected)
 

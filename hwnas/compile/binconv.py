@@ -14,14 +14,15 @@ product exactly (int32), or ``scale[c] * dot + bias[c]`` (float32) with the affi
 Bit layout (written down here once; ``bitpack`` produces it)
 -------------------------------------------------------------
 - One bit per value, **bit 1 means -1**, bit 0 means +1. Values are packed along the input
-  channels of one group (cg = c_in / groups channels) into uint64 words, least significant bit
-  first: channel ``grp * cg + w * 64 + j`` of a group is bit j of word w of that group. A group
-  takes ``words = ceil(cg / 64)`` words; when cg is not a multiple of 64, the unused high bits of
-  the last word are 0 in both operands.
-- Packed activations (batch 1, channels last, already padded): uint64
-  ``[H + 2p, W + 2p, groups * words]``; word ``grp * words + w`` of a pixel is word w of group
-  grp. The border of width p is all zero words: +1 in every real channel.
-- Packed weights: uint64 ``[c_out / vb, k, k, words, vb]``: a block of ``vb`` consecutive output
+  channels of one group (cg = c_in / groups channels) into words of B = 64 bits (uint64) or
+  B = 32 bits (uint32; ``Tile.word_bits``), least significant bit first: channel
+  ``grp * cg + w * B + j`` is bit j of word w of group grp. A group takes
+  ``words = ceil(cg / B)`` words; when cg is not a multiple of B, the unused high bits of the last
+  word are 0 in both operands.
+- Packed activations (batch 1, channels last, already padded): ``[H + 2p, W + 2p, groups * words]``;
+  word ``grp * words + w`` of a pixel is word w of group grp. The border of width p is all zero
+  words: +1 in every real channel.
+- Packed weights: ``[c_out / vb, k, k, words, vb]``: a block of ``vb`` consecutive output
   channels (all in one group, so vb divides c_out / groups) is contiguous per (ky, kx, word), so
   the kernel loads one vector of weights and broadcasts one activation word per output pixel.
 - Output: channels last, ``[H_out, W_out, c_out]``, H_out = (H + 2p - k) // s + 1.
@@ -34,9 +35,13 @@ dot = k * k * cg - 2 * sum(popcount(a xor w)).
 
 Schedule (CPU)
 --------------
-Popcounts accumulate in 64-bit lanes (the vector popcount yields them; 32-bit accumulators cost
-20-30 %). A register tile of ``px`` output pixels along x times ``vb`` output channels is kept in
-local accumulators, with the (ky, kx, word) reduction outside the tile; ``px`` divides W_out
+Popcounts accumulate in lanes of the word's width (the vector popcount yields them; converting
+64-bit popcounts to 32-bit accumulators cost 20-30 %). 32-bit words are used only where they halve
+the padded bits and the target has a 32-bit vector popcount (AVX-512 VPOPCNTDQ): cg = 24 (the
+space's first layers with the most groups) takes one word of 32 instead of 64 and ran 1.1-2x
+faster; cg = 96 in 3 words of 32 instead of 2 of 64 measured slower, not faster.
+A register tile of ``px`` output pixels along x times ``vb`` output channels is kept in local
+accumulators, with the (ky, kx, word) reduction outside the tile; ``px`` divides W_out
 (tiles that straddle rows are avoided on purpose). The parallel loop is (channel block, output
 row), fused, so layers with few channel blocks still use every thread.
 """
@@ -48,9 +53,9 @@ from dataclasses import dataclass
 import tvm
 from tvm import te, tirx
 
-from hwnas.compile.tvm_targets import vector_bits
+from hwnas.compile.tvm_targets import has_vector_popcount, vector_bits
 
-WORD_BITS = 64
+WORD_DTYPES = {32: "uint32", 64: "uint64"}
 ACC_REGISTERS = 8  # SIMD registers a tile's accumulators may take
 
 
@@ -86,10 +91,9 @@ class ConvShape:
         """Output channels per group."""
         return self.c_out // self.groups
 
-    @property
-    def words(self) -> int:
-        """uint64 words per group and pixel."""
-        return -(-self.cg // WORD_BITS)
+    def words(self, word_bits: int) -> int:
+        """Words per group and pixel."""
+        return -(-self.cg // word_bits)
 
     @property
     def out_height(self) -> int:
@@ -99,12 +103,11 @@ class ConvShape:
     def out_width(self) -> int:
         return (self.width + 2 * self.pad - self.k) // self.stride + 1
 
-    @property
-    def packed_input_shape(self) -> tuple[int, int, int]:
-        return (self.height + 2 * self.pad, self.width + 2 * self.pad, self.groups * self.words)
+    def packed_input_shape(self, word_bits: int) -> tuple[int, int, int]:
+        return (self.height + 2 * self.pad, self.width + 2 * self.pad, self.groups * self.words(word_bits))
 
-    def packed_weight_shape(self, vb: int) -> tuple[int, int, int, int, int]:
-        return (self.c_out // vb, self.k, self.k, self.words, vb)
+    def packed_weight_shape(self, vb: int, word_bits: int) -> tuple[int, int, int, int, int]:
+        return (self.c_out // vb, self.k, self.k, self.words(word_bits), vb)
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
@@ -113,10 +116,15 @@ class ConvShape:
 
 @dataclass(frozen=True)
 class Tile:
-    """Register tile: ``px`` output pixels along x times ``vb`` output channels."""
+    """Register tile (``px`` output pixels along x times ``vb`` output channels) and word size."""
 
     px: int
     vb: int
+    word_bits: int = 64
+
+    @property
+    def dtype(self) -> str:
+        return WORD_DTYPES[self.word_bits]
 
 
 def _divisors_desc(n: int, limit: int) -> list[int]:
@@ -126,30 +134,34 @@ def _divisors_desc(n: int, limit: int) -> list[int]:
 def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
     """Pick the register tile for a shape on a target (measured on Zen 5, AVX-512 and AVX2 builds).
 
-    vb is up to four SIMD registers of uint64 lanes (as many as c_out / groups allows): one
+    Words are 32 bits where that halves the padded bits and the target has a 32-bit vector
+    popcount, else 64. vb is up to four SIMD registers of word lanes (as c_out / groups allows): one
     broadcast activation word then feeds four xor-popcount-add chains. For k x k convs px is the
     largest divisor of W_out that keeps about 8 accumulator registers. For 1x1 convs one pixel
     per tile measured 20-30 % faster than 7 pixels: LLVM then keeps the block's weights in
     registers across the x loop. Other tile shapes within these bounds differ by less than the
     run-to-run noise.
     """
-    lanes = vector_bits(target) // WORD_BITS
+    word_bits = 64
+    if has_vector_popcount(target) and 2 * shape.words(32) * 32 <= shape.words(64) * 64:
+        word_bits = 32
+    lanes = vector_bits(target) // word_bits
     vb = _divisors_desc(shape.cog, 4 * lanes)[0]
     regs_per_pixel = -(-vb // lanes)
     px = 1 if shape.k == 1 else _divisors_desc(shape.out_width, max(1, ACC_REGISTERS // regs_per_pixel))[0]
-    return Tile(px=px, vb=vb)
+    return Tile(px=px, vb=vb, word_bits=word_bits)
 
 
-def conv_compute(shape: ConvShape, vb: int, affine: bool = False) -> list[te.Tensor]:
+def conv_compute(shape: ConvShape, tile: Tile, affine: bool = False) -> list[te.Tensor]:
     """TE compute of the binary conv in the packed layout; returns [inputs..., output].
 
     The accumulator is indexed (channel block, y, x, lane) so that a block's group is
     ``block // (cog / vb)`` and does not depend on the vector lane.
     """
-    s, k, words = shape.stride, shape.k, shape.words
+    s, k, vb, words = shape.stride, shape.k, tile.vb, shape.words(tile.word_bits)
     blocks_per_group = shape.cog // vb
-    act = te.placeholder(shape.packed_input_shape, "uint64", name="act")
-    wgt = te.placeholder(shape.packed_weight_shape(vb), "uint64", name="wgt")
+    act = te.placeholder(shape.packed_input_shape(tile.word_bits), tile.dtype, name="act")
+    wgt = te.placeholder(shape.packed_weight_shape(vb, tile.word_bits), tile.dtype, name="wgt")
     ky = te.reduce_axis((0, k), name="ky")
     kx = te.reduce_axis((0, k), name="kx")
     kw = te.reduce_axis((0, words), name="kw")
@@ -210,11 +222,12 @@ def binary_conv2d(
 ) -> tuple[tirx.PrimFunc, Tile]:
     """A scheduled PrimFunc of one binary conv layer for a target, and the tile it uses.
 
-    Arguments of the PrimFunc: packed activations, packed weights (``bitpack.pack_weights`` with
-    ``tile.vb``), then ``scale, bias`` if ``affine``, then the output (see the module docstring).
+    Arguments of the PrimFunc: packed activations (``bitpack.packer_for`` with the returned tile),
+    packed weights (``bitpack.pack_weights`` with ``tile.vb`` and ``tile.word_bits``), then
+    ``scale, bias`` if ``affine``, then the output (see the module docstring).
     """
     tile = tile or choose_tile(shape, target)
     if shape.cog % tile.vb or shape.out_width % tile.px:
         raise ValueError(f"tile {tile} does not divide c_out/groups={shape.cog} or W_out={shape.out_width}")
-    func = te.create_prim_func(conv_compute(shape, tile.vb, affine))
+    func = te.create_prim_func(conv_compute(shape, tile, affine))
     return schedule_conv(func, tile), tile

@@ -15,51 +15,55 @@ import tvm
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from hwnas.compile.binconv import WORD_BITS, ConvShape
+from hwnas.compile.binconv import WORD_DTYPES, ConvShape, Tile
 from hwnas.compile.tvm_targets import has_movemask
 
 MOVEMASK_LANES = 8
 _MOVEMASK_INTRIN = "llvm.x86.avx.movmsk.ps.256"
 
 
-def _pack_bits(neg: np.ndarray, groups: int) -> np.ndarray:
-    """Pack booleans [..., channels] (True = -1) per group into uint64 words [..., groups * words]."""
+def _pack_bits(neg: np.ndarray, groups: int, word_bits: int) -> np.ndarray:
+    """Pack booleans [..., channels] (True = -1) per group into words [..., groups * words]."""
     *lead, channels = neg.shape
     cg = channels // groups
-    words = -(-cg // WORD_BITS)
-    bits = np.zeros((*lead, groups, words * WORD_BITS), dtype=bool)
+    words = -(-cg // word_bits)
+    bits = np.zeros((*lead, groups, words * word_bits), dtype=bool)
     bits[..., :cg] = neg.reshape(*lead, groups, cg)
     packed = np.packbits(bits, axis=-1, bitorder="little")  # bytes, lowest channel in bit 0
-    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64).reshape(*lead, groups * words)
+    little = np.ascontiguousarray(packed).view(f"<u{word_bits // 8}")
+    return little.astype(WORD_DTYPES[word_bits]).reshape(*lead, groups * words)
 
 
-def pack_weights(weight: np.ndarray, groups: int, vb: int) -> np.ndarray:
+def pack_weights(weight: np.ndarray, groups: int, vb: int, word_bits: int = 64) -> np.ndarray:
     """Pack real OIHW weights [c_out, c_in/groups, k, k] (sign taken here) to [c_out/vb, k, k, words, vb]."""
     c_out, _, k, _ = weight.shape
     if (c_out // groups) % vb:
         raise ValueError(f"vb {vb} must divide the output channels per group {c_out // groups}")
     neg = np.asarray(weight) < 0  # sign(w) = -1 exactly where w < 0
-    words = _pack_bits(neg.transpose(0, 2, 3, 1), 1)  # [c_out, k, k, words]
+    words = _pack_bits(neg.transpose(0, 2, 3, 1), 1, word_bits)  # [c_out, k, k, words]
     return np.ascontiguousarray(words.reshape(c_out // vb, vb, k, k, -1).transpose(0, 2, 3, 4, 1))
 
 
-def pack_activations_ref(x: np.ndarray, threshold: np.ndarray, groups: int, pad: int) -> np.ndarray:
-    """Reference packer: float CHW [c, h, w] -> uint64 [h + 2 pad, w + 2 pad, groups * words]."""
+def pack_activations_ref(x: np.ndarray, threshold: np.ndarray, groups: int, pad: int,
+                         word_bits: int = 64) -> np.ndarray:
+    """Reference packer: float CHW [c, h, w] -> words [h + 2 pad, w + 2 pad, groups * words]."""
     neg = (x - threshold[:, None, None]) < 0
-    packed = _pack_bits(neg.transpose(1, 2, 0), groups)
+    packed = _pack_bits(neg.transpose(1, 2, 0), groups, word_bits)
     return np.pad(packed, ((pad, pad), (pad, pad), (0, 0)))
 
 
-def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int) -> tirx.PrimFunc:
+def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int, word_bits: int) -> tirx.PrimFunc:
     """x86 packer for NHWC input: one movmskps per 8 channels; needs cg % 8 == 0."""
     cg = c // groups
-    words = -(-cg // WORD_BITS)
+    words = -(-cg // word_bits)
+    per_word = word_bits // MOVEMASK_LANES
+    dtype = WORD_DTYPES[word_bits]
     chunks = cg // MOVEMASK_LANES
     hp, wp = h + 2 * pad, w + 2 * pad
 
     @T.prim_func(private=True, s_tir=True)
     def pack(x: T.Buffer((h, w, c), "float32"), thr: T.Buffer((c,), "float32"),
-             out: T.Buffer((hp, wp, groups * words), "uint64")):
+             out: T.Buffer((hp, wp, groups * words), dtype)):
         T.func_attr({"tirx.noalias": True})
         x_flat = T.decl_buffer((h * w * c,), "float32", data=x.data)
         for yp in T.parallel(hp):
@@ -68,11 +72,11 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int) -> tirx.Prim
                     vy, vx, vg, vw = T.axis.remap("SSSS", [yp, xp, g, wd])
                     T.reads(x[0:h, 0:w, vg * cg:vg * cg + cg], thr[vg * cg:vg * cg + cg])
                     T.writes(out[vy, vx, vg * words + vw])
-                    out[vy, vx, vg * words + vw] = T.uint64(0)
+                    out[vy, vx, vg * words + vw] = T.Cast(dtype, 0)
                     if pad <= vy < h + pad and pad <= vx < w + pad:
-                        for q in T.unroll(MOVEMASK_LANES):
-                            if vw * MOVEMASK_LANES + q < chunks:
-                                base = vg * cg + (vw * MOVEMASK_LANES + q) * MOVEMASK_LANES
+                        for q in T.unroll(per_word):
+                            if vw * per_word + q < chunks:
+                                base = vg * cg + (vw * per_word + q) * MOVEMASK_LANES
                                 # flat Ramp index: a 3-d index is not simplified to a Ramp
                                 # and codegen would gather the 8 floats one by one
                                 pixel = ((vy - pad) * w + vx - pad) * c
@@ -83,28 +87,30 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int) -> tirx.Prim
                                                T.Broadcast(T.float32(1), 8))
                                 mask = T.call_llvm_pure_intrin("int32", _MOVEMASK_INTRIN, neg)
                                 out[vy, vx, vg * words + vw] = out[vy, vx, vg * words + vw] | (
-                                    T.shift_left(T.Cast("uint64", mask), T.uint64(q * MOVEMASK_LANES)))
+                                    T.shift_left(T.Cast(dtype, mask), T.Cast(dtype, q * MOVEMASK_LANES)))
 
     return pack
 
 
-def _packer_portable(c: int, h: int, w: int, groups: int, pad: int, layout: str) -> tirx.PrimFunc:
+def _packer_portable(c: int, h: int, w: int, groups: int, pad: int, layout: str,
+                     word_bits: int) -> tirx.PrimFunc:
     """Portable packer: a bit sum over the channels of a word, for any target and layout."""
     cg = c // groups
-    words = -(-cg // WORD_BITS)
+    words = -(-cg // word_bits)
+    dtype = WORD_DTYPES[word_bits]
     x = te.placeholder((h, w, c) if layout == "NHWC" else (c, h, w), "float32", name="x")
     thr = te.placeholder((c,), "float32", name="thr")
-    j = te.reduce_axis((0, WORD_BITS), name="j")
+    j = te.reduce_axis((0, word_bits), name="j")
 
     def bit(y, xx, word, jj):
-        ch = (word // words) * cg + (word % words) * WORD_BITS + jj
+        ch = (word // words) * cg + (word % words) * word_bits + jj
         val = x[y, xx, ch] if layout == "NHWC" else x[ch, y, xx]
-        neg = tirx.all((word % words) * WORD_BITS + jj < cg, val - thr[ch] < tirx.const(0, "float32"))
-        return tirx.if_then_else(neg, tirx.const(1, "uint64") << jj.astype("uint64"), tirx.const(0, "uint64"))
+        neg = tirx.all((word % words) * word_bits + jj < cg, val - thr[ch] < tirx.const(0, "float32"))
+        return tirx.if_then_else(neg, tirx.const(1, dtype) << jj.astype(dtype), tirx.const(0, dtype))
 
     def word_at(yp, xp, word):
         inside = tirx.all(yp >= pad, yp < h + pad, xp >= pad, xp < w + pad)
-        return te.sum(tirx.if_then_else(inside, bit(yp - pad, xp - pad, word, j), tirx.const(0, "uint64")),
+        return te.sum(tirx.if_then_else(inside, bit(yp - pad, xp - pad, word, j), tirx.const(0, dtype)),
                       axis=j)
 
     out = te.compute((h + 2 * pad, w + 2 * pad, groups * words), word_at, name="pack")
@@ -114,17 +120,20 @@ def _packer_portable(c: int, h: int, w: int, groups: int, pad: int, layout: str)
 
 
 def pack_activations(
-    c: int, h: int, w: int, groups: int, pad: int, target: tvm.target.Target, layout: str = "NHWC"
+    c: int, h: int, w: int, groups: int, pad: int, target: tvm.target.Target, layout: str = "NHWC",
+    word_bits: int = 64,
 ) -> tirx.PrimFunc:
-    """PrimFunc (x [h, w, c] or [c, h, w] float32, threshold [c] float32, out uint64) packing
+    """PrimFunc (x [h, w, c] or [c, h, w] float32, threshold [c] float32, out words) packing
     sign(x - threshold) for a conv with ``groups`` groups and spatial padding ``pad``."""
     if layout not in ("NHWC", "NCHW"):
         raise ValueError(f"layout must be NHWC or NCHW, got {layout!r}")
     if layout == "NHWC" and has_movemask(target) and (c // groups) % MOVEMASK_LANES == 0:
-        return _packer_movemask(c, h, w, groups, pad)
-    return _packer_portable(c, h, w, groups, pad, layout)
+        return _packer_movemask(c, h, w, groups, pad, word_bits)
+    return _packer_portable(c, h, w, groups, pad, layout, word_bits)
 
 
-def packer_for(shape: ConvShape, target: tvm.target.Target, layout: str = "NHWC") -> tirx.PrimFunc:
-    """The activation packer feeding the conv ``shape``."""
-    return pack_activations(shape.c_in, shape.height, shape.width, shape.groups, shape.pad, target, layout)
+def packer_for(shape: ConvShape, tile: Tile, target: tvm.target.Target,
+               layout: str = "NHWC") -> tirx.PrimFunc:
+    """The activation packer feeding the conv ``shape`` built with ``tile``."""
+    return pack_activations(shape.c_in, shape.height, shape.width, shape.groups, shape.pad, target, layout,
+                            tile.word_bits)
