@@ -60,6 +60,8 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int, word_bits: i
     dtype = WORD_DTYPES[word_bits]
     chunks = cg // MOVEMASK_LANES
     hp, wp = h + 2 * pad, w + 2 * pad
+    ones = tirx.Broadcast(tirx.const(1.0, "float32"), MOVEMASK_LANES)
+    minus_ones = tirx.Broadcast(tirx.const(-1.0, "float32"), MOVEMASK_LANES)
 
     @T.prim_func(private=True, s_tir=True)
     def pack(x: T.Buffer((h, w, c), "float32"), thr: T.Buffer((c,), "float32"),
@@ -83,8 +85,7 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int, word_bits: i
                                 diff = (x_flat[T.Ramp(pixel + base, 1, MOVEMASK_LANES)]
                                         - thr[T.Ramp(base, 1, MOVEMASK_LANES)])
                                 # -1.0 where x - t < 0 so that -0.0 (which is >= 0) maps to +1
-                                neg = T.Select(diff < T.float32(0), T.Broadcast(T.float32(-1), 8),
-                                               T.Broadcast(T.float32(1), 8))
+                                neg = T.Select(diff < T.float32(0), minus_ones, ones)
                                 mask = T.call_llvm_pure_intrin("int32", _MOVEMASK_INTRIN, neg)
                                 out[vy, vx, vg * words + vw] = out[vy, vx, vg * words + vw] | (
                                     T.shift_left(T.Cast(dtype, mask), T.Cast(dtype, q * MOVEMASK_LANES)))
