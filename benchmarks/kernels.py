@@ -13,6 +13,11 @@ prev_width[i] -> width[i] (first layer, after the stride) and width[i] -> width[
 benchmarks every distinct shape the space can produce (widths non-decreasing).
 
     python benchmarks/kernels.py [--all] [--json] [--threads 2]
+
+Other jobs on the same cores inflate torch's 2-thread OpenMP times far more than TVM's (each
+OpenMP barrier waits for a descheduled thread: 30-70 ms per conv were seen at load average 6 on
+2 vCPUs, against 0.3-5 ms when quiet). The load average is printed before and after, and the
+JSON holds per-timer minima too; at high load prefer ``--threads 1`` for a fair comparison.
 """
 
 from __future__ import annotations
