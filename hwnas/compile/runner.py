@@ -7,7 +7,6 @@ tests, benchmarks and latency profiling of one layer.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,13 +45,6 @@ def batch_timer(mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int
     number = max(1, math.ceil(min_repeat_ms * 1e-3 / once))
     timer = mod.time_evaluator("main", dev, number=number, repeat=1)
     return lambda: float(timer(*tensors).mean)
-
-
-def time_median(mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int, ...], out_dtype: str,
-                repeat: int = 15, min_repeat_ms: int = 10) -> float:
-    """Median seconds per call of ``main`` over ``repeat`` batches."""
-    timer = batch_timer(mod, *args, out_shape=out_shape, out_dtype=out_dtype, min_repeat_ms=min_repeat_ms)
-    return statistics.median(timer() for _ in range(repeat))
 
 
 def export_cross(func: tvm.tirx.PrimFunc, target: tvm.target.Target, path: str | Path,
