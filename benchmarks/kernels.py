@@ -94,8 +94,9 @@ def torch_timer(fn: Callable[[], object], min_repeat_ms: int) -> Callable[[], fl
     return batch
 
 
-def interleaved_samples(timers: dict[str, Callable[[], float]], repeat: int,
-                        pause_s: float = 0.01) -> dict[str, list[float]]:
+def interleaved_samples(
+    timers: dict[str, Callable[[], float]], repeat: int, pause_s: float = 0.01
+) -> dict[str, list[float]]:
     """Seconds per call of each timer, taking one batch of each in turn, ``repeat`` rounds,
     so that all of them see the same load from other jobs on the machine. The pause before each
     batch lets the previous one's spinning worker threads (OpenMP's and TVM's) go to sleep."""
@@ -107,13 +108,23 @@ def interleaved_samples(timers: dict[str, Callable[[], float]], repeat: int,
     return samples
 
 
-COLUMNS = (("c_in", 5, "d"), ("c_out", 5, "d"), ("k", 2, "d"), ("groups", 3, "d"), ("stride", 2, "d"),
-           ("height", 4, "d"), ("torch_us", 9, ".1f"), ("local_us", 9, ".1f"), ("x86-avx2_us", 11, ".1f"),
-           ("pack_us", 8, ".1f"), ("speedup_local", 13, ".1f"), ("speedup_avx2", 12, ".1f"))
+COLUMNS = (
+    ("c_in", 5, "d"),
+    ("c_out", 5, "d"),
+    ("k", 2, "d"),
+    ("groups", 3, "d"),
+    ("stride", 2, "d"),
+    ("height", 4, "d"),
+    ("torch_us", 9, ".1f"),
+    ("local_us", 9, ".1f"),
+    ("x86-avx2_us", 11, ".1f"),
+    ("pack_us", 8, ".1f"),
+    ("speedup_local", 13, ".1f"),
+    ("speedup_avx2", 12, ".1f"),
+)
 
 
-def measure(shape: ConvShape, targets: dict, repeat: int, min_repeat_ms: int,
-            rng: np.random.Generator) -> dict:
+def measure(shape: ConvShape, targets: dict, repeat: int, min_repeat_ms: int, rng: np.random.Generator) -> dict:
     """Interleaved medians of torch, each target's kernel and the local packer on one shape."""
     x = torch.randn(1, shape.c_in, shape.height, shape.width)
     w = torch.randn(shape.c_out, shape.cg, shape.k, shape.k)
@@ -130,15 +141,20 @@ def measure(shape: ConvShape, targets: dict, repeat: int, min_repeat_ms: int,
         size = shape.packed_input_shape(tile.word_bits)
         act = rng.integers(0, 2**tile.word_bits, size=size, dtype=tile.dtype)
         wgt = pack_weights(w.numpy(), shape.groups, tile.vb, tile.word_bits)
-        timers[name] = batch_timer(build(func, target), act, wgt, out_shape=shape.output_shape,
-                                   out_dtype="int32", min_repeat_ms=min_repeat_ms)
+        timers[name] = batch_timer(
+            build(func, target), act, wgt, out_shape=shape.output_shape, out_dtype="int32", min_repeat_ms=min_repeat_ms
+        )
         row[f"{name}_tile"] = [tile.px, tile.vb, tile.word_bits]
     x_hwc = np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
     local = targets["local"]
-    timers["pack"] = batch_timer(build(packer_for(shape, tiles["local"], local), local), x_hwc,
-                                 np.zeros(shape.c_in, "float32"),
-                                 out_shape=shape.packed_input_shape(tiles["local"].word_bits),
-                                 out_dtype=tiles["local"].dtype, min_repeat_ms=min_repeat_ms)
+    timers["pack"] = batch_timer(
+        build(packer_for(shape, tiles["local"], local), local),
+        x_hwc,
+        np.zeros(shape.c_in, "float32"),
+        out_shape=shape.packed_input_shape(tiles["local"].word_bits),
+        out_dtype=tiles["local"].dtype,
+        min_repeat_ms=min_repeat_ms,
+    )
     for name, values in interleaved_samples(timers, repeat).items():
         row[f"{name}_us"] = statistics.median(values) * 1e6
         row[f"{name}_min_us"] = min(values) * 1e6  # less sensitive to other jobs than the median
@@ -163,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     targets = {name: tvm_targets.get_target(name) for name in ("local", "x86-avx2")}
     # other jobs on the cores distort torch's OpenMP far more than TVM's pool: show the load
-    print(f"threads: tvm {threads}, torch {torch.get_num_threads()}; local mcpu "
-          f"{tvm_targets.target_dict('local')['mcpu']}, vector popcount "
-          f"{tvm_targets.has_vector_popcount(targets['local'])}; load average {os.getloadavg()[0]:.2f}",
-          file=log)
+    print(
+        f"threads: tvm {threads}, torch {torch.get_num_threads()}; local mcpu "
+        f"{tvm_targets.target_dict('local')['mcpu']}, vector popcount "
+        f"{tvm_targets.has_vector_popcount(targets['local'])}; load average {os.getloadavg()[0]:.2f}",
+        file=log,
+    )
     print(" ".join(f"{name:>{width}}" for name, width, _ in COLUMNS), file=log)
     rng = np.random.default_rng(0)
     rows = []
@@ -182,11 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median speedup local: {med_local:.1f}", file=log)
     print(f"median speedup avx2: {med_avx2:.1f}", file=log)
     if args.json:
-        json.dump({"threads": threads, "local_target": tvm_targets.target_dict("local"), "rows": rows,
-                   "median_speedup_local": med_local, "median_speedup_avx2": med_avx2,
-                   "median_speedup_local_min": statistics.median(r["speedup_local_min"] for r in rows),
-                   "median_speedup_avx2_min": statistics.median(r["speedup_avx2_min"] for r in rows)},
-                  sys.stdout)
+        json.dump(
+            {
+                "threads": threads,
+                "local_target": tvm_targets.target_dict("local"),
+                "rows": rows,
+                "median_speedup_local": med_local,
+                "median_speedup_avx2": med_avx2,
+                "median_speedup_local_min": statistics.median(r["speedup_local_min"] for r in rows),
+                "median_speedup_avx2_min": statistics.median(r["speedup_avx2_min"] for r in rows),
+            },
+            sys.stdout,
+        )
         print()
     return 0
 

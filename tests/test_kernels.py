@@ -71,8 +71,13 @@ def test_conv_matches_torch(target_name: str, dims: tuple[int, ...]) -> None:
     func, tile = binary_conv2d(shape, target)
     x, threshold, w = random_layer(shape, seed=sum(dims))
     act = pack_activations_ref(x, threshold, shape.groups, shape.pad, tile.word_bits)
-    out = run(build(func, target), act, pack_weights(w, shape.groups, tile.vb, tile.word_bits),
-              out_shape=shape.output_shape, out_dtype="int32")
+    out = run(
+        build(func, target),
+        act,
+        pack_weights(w, shape.groups, tile.vb, tile.word_bits),
+        out_shape=shape.output_shape,
+        out_dtype="int32",
+    )
     expected = reference_conv(signs(x - threshold[:, None, None]), signs(w), shape)
     np.testing.assert_array_equal(out, expected)
 
@@ -88,8 +93,13 @@ def test_conv_explicit_tiles(tile: Tile) -> None:
     func, _ = binary_conv2d(shape, target, tile=tile)
     x, threshold, w = random_layer(shape, seed=tile.px)
     act = pack_activations_ref(x, threshold, shape.groups, shape.pad, tile.word_bits)
-    out = run(build(func, target), act, pack_weights(w, shape.groups, tile.vb, tile.word_bits),
-              out_shape=shape.output_shape, out_dtype="int32")
+    out = run(
+        build(func, target),
+        act,
+        pack_weights(w, shape.groups, tile.vb, tile.word_bits),
+        out_shape=shape.output_shape,
+        out_dtype="int32",
+    )
     np.testing.assert_array_equal(out, reference_conv(signs(x - threshold[:, None, None]), signs(w), shape))
 
 
@@ -101,9 +111,15 @@ def test_conv_affine_epilogue_and_explicit_tile() -> None:
     x, threshold, w = random_layer(shape, seed=7)
     scale = np.linspace(-1.5, 2.0, shape.c_out, dtype=np.float32)
     bias = np.linspace(3.0, -1.0, shape.c_out, dtype=np.float32)
-    out = run(build(func, target), pack_activations_ref(x, threshold, shape.groups, shape.pad, 32),
-              pack_weights(w, shape.groups, tile.vb, 32), scale, bias, out_shape=shape.output_shape,
-              out_dtype="float32")
+    out = run(
+        build(func, target),
+        pack_activations_ref(x, threshold, shape.groups, shape.pad, 32),
+        pack_weights(w, shape.groups, tile.vb, 32),
+        scale,
+        bias,
+        out_shape=shape.output_shape,
+        out_dtype="float32",
+    )
     dot = reference_conv(signs(x - threshold[:, None, None]), signs(w), shape)
     np.testing.assert_allclose(out, dot * scale + bias, rtol=1e-6, atol=1e-5)
 
@@ -166,13 +182,17 @@ def test_packer_and_conv_in_a_relax_module() -> None:
             packer = bb.add_func(packer_for(shape, tile, target), "pack")
             packed = relax.TensorType(shape.packed_input_shape(tile.word_bits), tile.dtype)
             act = bb.emit(relax.call_tir(packer, [x, thr], packed))
-            out = bb.emit_output(relax.call_tir(bb.add_func(conv, "binconv"), [act, wgt],
-                                                relax.TensorType(shape.output_shape, "int32")))
+            out = bb.emit_output(
+                relax.call_tir(bb.add_func(conv, "binconv"), [act, wgt], relax.TensorType(shape.output_shape, "int32"))
+            )
         bb.emit_func_output(out)
     vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
     xv, threshold, w = random_layer(shape, seed=3)
-    inputs = (np.ascontiguousarray(xv.transpose(1, 2, 0)), threshold,
-              pack_weights(w, shape.groups, tile.vb, tile.word_bits))
+    inputs = (
+        np.ascontiguousarray(xv.transpose(1, 2, 0)),
+        threshold,
+        pack_weights(w, shape.groups, tile.vb, tile.word_bits),
+    )
     got = vm["main"](*(tvm.runtime.tensor(v) for v in inputs))
     expected = reference_conv(signs(xv - threshold[:, None, None]), signs(w), shape)
     np.testing.assert_array_equal(got.numpy(), expected)

@@ -9,7 +9,7 @@ import torch
 
 from hwnas.errors import ArchError
 from hwnas.model import Mode, ModelOptions, build_supernet
-from hwnas.model.binary import binary_activation, pad_binary, scaled_sign, sign
+from hwnas.model.binary import binary_activation, pad_binary, sign, weight_sign
 from hwnas.space import NASBNN
 
 
@@ -87,11 +87,12 @@ def test_approx_sign_gradient():
     assert x.grad.tolist() == [0.0, 1.0, 2.0, 1.5, 0.0]
 
 
-def test_scaled_sign_values_and_straight_through_gradient():
+def test_weight_sign_values_scale_and_straight_through_gradient():
     w = torch.tensor([[[[0.5, -1.5]]], [[[2.0, 0.0]]]], requires_grad=True)
-    out = scaled_sign(w)
-    assert out.flatten().tolist() == [1.0, -1.0, 1.0, 1.0]
-    out.sum().backward()
+    signs, scale = weight_sign(w)
+    assert signs.flatten().tolist() == [1.0, -1.0, 1.0, 1.0]
+    assert scale.tolist() == [1.0, 1.0]
+    signs.sum().backward()
     assert w.grad.flatten().tolist() == [1.0, 0.0, 0.0, 1.0]  # clipped where |w| > 1
 
 

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import te, tirx
 
+from hwnas.compile.epilogue import Residual, activation_params, rprelu
 from hwnas.compile.tvm_targets import has_vector_popcount, vector_bits
 
 WORD_DTYPES = {32: "uint32", 64: "uint64"}
@@ -109,6 +110,12 @@ class ConvShape:
     def packed_weight_shape(self, vb: int, word_bits: int) -> tuple[int, int, int, int, int]:
         return (self.c_out // vb, self.k, self.k, self.words(word_bits), vb)
 
+    def residual_shape(self, residual: Residual) -> tuple[int, int, int]:
+        """Shape of the shortcut's source tensor for a fused epilogue."""
+        if residual is Residual.POOL:
+            return (self.height, self.width, self.c_out)
+        return (self.out_height, self.out_width, self.c_in if residual is Residual.TILE else self.c_out)
+
     @property
     def output_shape(self) -> tuple[int, int, int]:
         return (self.out_height, self.out_width, self.c_out)
@@ -152,11 +159,14 @@ def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
     return Tile(px=px, vb=vb, word_bits=word_bits)
 
 
-def conv_compute(shape: ConvShape, tile: Tile, affine: bool = False) -> list[te.Tensor]:
+def conv_compute(
+    shape: ConvShape, tile: Tile, affine: bool = False, residual: Residual | None = None
+) -> list[te.Tensor]:
     """TE compute of the binary conv in the packed layout; returns [inputs..., output].
 
     The accumulator is indexed (channel block, y, x, lane) so that a block's group is
-    ``block // (cog / vb)`` and does not depend on the vector lane.
+    ``block // (cog / vb)`` and does not depend on the vector lane. With ``residual`` the output
+    is ``RPReLU(scale * dot + bias + shortcut)``, the whole tail of a binary conv of the model.
     """
     s, k, vb, words = shape.stride, shape.k, tile.vb, shape.words(tile.word_bits)
     blocks_per_group = shape.cog // vb
@@ -168,9 +178,7 @@ def conv_compute(shape: ConvShape, tile: Tile, affine: bool = False) -> list[te.
     acc = te.compute(
         (shape.c_out // vb, shape.out_height, shape.out_width, vb),
         lambda b, y, x, v: te.sum(
-            tirx.popcount(
-                act[y * s + ky, x * s + kx, (b // blocks_per_group) * words + kw] ^ wgt[b, ky, kx, kw, v]
-            ),
+            tirx.popcount(act[y * s + ky, x * s + kx, (b // blocks_per_group) * words + kw] ^ wgt[b, ky, kx, kw, v]),
             axis=[ky, kx, kw],
         ),
         name="acc",
@@ -180,17 +188,25 @@ def conv_compute(shape: ConvShape, tile: Tile, affine: bool = False) -> list[te.
     def dot(y, x, c):
         return tirx.const(n_bits, "int32") - 2 * acc[c // vb, y, x, c % vb].astype("int32")
 
-    if not affine:
+    if not affine and residual is None:
         out = te.compute(shape.output_shape, dot, name="out")
         return [act, wgt, out]
     scale = te.placeholder((shape.c_out,), "float32", name="scale")
     bias = te.placeholder((shape.c_out,), "float32", name="bias")
+
+    def affine_dot(y, x, c):
+        return dot(y, x, c).astype("float32") * scale[c] + bias[c]
+
+    if residual is None:
+        return [act, wgt, scale, bias, te.compute(shape.output_shape, affine_dot, name="out")]
+    src = te.placeholder(shape.residual_shape(residual), "float32", name="residual")
+    act_params = activation_params(shape.c_out, "act")
     out = te.compute(
         shape.output_shape,
-        lambda y, x, c: dot(y, x, c).astype("float32") * scale[c] + bias[c],
+        lambda y, x, c: rprelu(affine_dot(y, x, c) + residual.read(src, y, x, c), c, *act_params),
         name="out",
     )
-    return [act, wgt, scale, bias, out]
+    return [act, wgt, scale, bias, src, *act_params, out]
 
 
 def schedule_conv(func: tirx.PrimFunc, tile: Tile) -> tirx.PrimFunc:
@@ -218,16 +234,21 @@ def schedule_conv(func: tirx.PrimFunc, tile: Tile) -> tirx.PrimFunc:
 
 
 def binary_conv2d(
-    shape: ConvShape, target: tvm.target.Target, tile: Tile | None = None, affine: bool = False
+    shape: ConvShape,
+    target: tvm.target.Target,
+    tile: Tile | None = None,
+    affine: bool = False,
+    residual: Residual | None = None,
 ) -> tuple[tirx.PrimFunc, Tile]:
     """A scheduled PrimFunc of one binary conv layer for a target, and the tile it uses.
 
     Arguments of the PrimFunc: packed activations (``bitpack.packer_for`` with the returned tile),
     packed weights (``bitpack.pack_weights`` with ``tile.vb`` and ``tile.word_bits``), then
-    ``scale, bias`` if ``affine``, then the output (see the module docstring).
+    ``scale, bias`` if ``affine``; with ``residual`` instead ``scale, bias, residual source,
+    shift_in, slope, shift_out`` (the fused tail, see ``conv_compute``); then the output.
     """
     tile = tile or choose_tile(shape, target)
     if shape.cog % tile.vb or shape.out_width % tile.px:
         raise ValueError(f"tile {tile} does not divide c_out/groups={shape.cog} or W_out={shape.out_width}")
-    func = te.create_prim_func(conv_compute(shape, tile, affine))
+    func = te.create_prim_func(conv_compute(shape, tile, affine, residual))
     return schedule_conv(func, tile), tile

@@ -44,8 +44,9 @@ def pack_weights(weight: np.ndarray, groups: int, vb: int, word_bits: int = 64) 
     return np.ascontiguousarray(words.reshape(c_out // vb, vb, k, k, -1).transpose(0, 2, 3, 4, 1))
 
 
-def pack_activations_ref(x: np.ndarray, threshold: np.ndarray, groups: int, pad: int,
-                         word_bits: int = 64) -> np.ndarray:
+def pack_activations_ref(
+    x: np.ndarray, threshold: np.ndarray, groups: int, pad: int, word_bits: int = 64
+) -> np.ndarray:
     """Reference packer: float CHW [c, h, w] -> words [h + 2 pad, w + 2 pad, groups * words]."""
     neg = (x - threshold[:, None, None]) < 0
     packed = _pack_bits(neg.transpose(1, 2, 0), groups, word_bits)
@@ -64,15 +65,18 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int, word_bits: i
     minus_ones = tirx.Broadcast(tirx.const(-1.0, "float32"), MOVEMASK_LANES)
 
     @T.prim_func(private=True, s_tir=True)
-    def pack(x: T.Buffer((h, w, c), "float32"), thr: T.Buffer((c,), "float32"),
-             out: T.Buffer((hp, wp, groups * words), dtype)):
+    def pack(
+        x: T.Buffer((h, w, c), "float32"),
+        thr: T.Buffer((c,), "float32"),
+        out: T.Buffer((hp, wp, groups * words), dtype),
+    ):
         T.func_attr({"tirx.noalias": True})
         x_flat = T.decl_buffer((h * w * c,), "float32", data=x.data)
         for yp in T.parallel(hp):
             for xp, g, wd in T.grid(wp, groups, words):
                 with T.sblock("pack"):
                     vy, vx, vg, vw = T.axis.remap("SSSS", [yp, xp, g, wd])
-                    T.reads(x[0:h, 0:w, vg * cg:vg * cg + cg], thr[vg * cg:vg * cg + cg])
+                    T.reads(x[0:h, 0:w, vg * cg : vg * cg + cg], thr[vg * cg : vg * cg + cg])
                     T.writes(out[vy, vx, vg * words + vw])
                     out[vy, vx, vg * words + vw] = T.Cast(dtype, 0)
                     if pad <= vy < h + pad and pad <= vx < w + pad:
@@ -82,19 +86,21 @@ def _packer_movemask(c: int, h: int, w: int, groups: int, pad: int, word_bits: i
                                 # flat Ramp index: a 3-d index is not simplified to a Ramp
                                 # and codegen would gather the 8 floats one by one
                                 pixel = ((vy - pad) * w + vx - pad) * c
-                                diff = (x_flat[T.Ramp(pixel + base, 1, MOVEMASK_LANES)]
-                                        - thr[T.Ramp(base, 1, MOVEMASK_LANES)])
+                                diff = (
+                                    x_flat[T.Ramp(pixel + base, 1, MOVEMASK_LANES)]
+                                    - thr[T.Ramp(base, 1, MOVEMASK_LANES)]
+                                )
                                 # -1.0 where x - t < 0 so that -0.0 (which is >= 0) maps to +1
                                 neg = T.Select(diff < T.float32(0), minus_ones, ones)
                                 mask = T.call_llvm_pure_intrin("int32", _MOVEMASK_INTRIN, neg)
                                 out[vy, vx, vg * words + vw] = out[vy, vx, vg * words + vw] | (
-                                    T.shift_left(T.Cast(dtype, mask), T.Cast(dtype, q * MOVEMASK_LANES)))
+                                    T.shift_left(T.Cast(dtype, mask), T.Cast(dtype, q * MOVEMASK_LANES))
+                                )
 
     return pack
 
 
-def _packer_portable(c: int, h: int, w: int, groups: int, pad: int, layout: str,
-                     word_bits: int) -> tirx.PrimFunc:
+def _packer_portable(c: int, h: int, w: int, groups: int, pad: int, layout: str, word_bits: int) -> tirx.PrimFunc:
     """Portable packer: a bit sum over the channels of a word, for any target and layout."""
     cg = c // groups
     words = -(-cg // word_bits)
@@ -111,8 +117,7 @@ def _packer_portable(c: int, h: int, w: int, groups: int, pad: int, layout: str,
 
     def word_at(yp, xp, word):
         inside = tirx.all(yp >= pad, yp < h + pad, xp >= pad, xp < w + pad)
-        return te.sum(tirx.if_then_else(inside, bit(yp - pad, xp - pad, word, j), tirx.const(0, dtype)),
-                      axis=j)
+        return te.sum(tirx.if_then_else(inside, bit(yp - pad, xp - pad, word, j), tirx.const(0, dtype)), axis=j)
 
     out = te.compute((h + 2 * pad, w + 2 * pad, groups * words), word_at, name="pack")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, thr, out]))
@@ -121,7 +126,13 @@ def _packer_portable(c: int, h: int, w: int, groups: int, pad: int, layout: str,
 
 
 def pack_activations(
-    c: int, h: int, w: int, groups: int, pad: int, target: tvm.target.Target, layout: str = "NHWC",
+    c: int,
+    h: int,
+    w: int,
+    groups: int,
+    pad: int,
+    target: tvm.target.Target,
+    layout: str = "NHWC",
     word_bits: int = 64,
 ) -> tirx.PrimFunc:
     """PrimFunc (x [h, w, c] or [c, h, w] float32, threshold [c] float32, out words) packing
@@ -133,8 +144,8 @@ def pack_activations(
     return _packer_portable(c, h, w, groups, pad, layout, word_bits)
 
 
-def packer_for(shape: ConvShape, tile: Tile, target: tvm.target.Target,
-               layout: str = "NHWC") -> tirx.PrimFunc:
+def packer_for(shape: ConvShape, tile: Tile, target: tvm.target.Target, layout: str = "NHWC") -> tirx.PrimFunc:
     """The activation packer feeding the conv ``shape`` built with ``tile``."""
-    return pack_activations(shape.c_in, shape.height, shape.width, shape.groups, shape.pad, target, layout,
-                            tile.word_bits)
+    return pack_activations(
+        shape.c_in, shape.height, shape.width, shape.groups, shape.pad, target, layout, tile.word_bits
+    )

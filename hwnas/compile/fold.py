@@ -95,9 +95,9 @@ def fold(net: BinaryNet, resolution: int) -> FoldedNet:
             (block.conv1, block.rsign1, block.bn1, block.act1, shape.c_in, shape.k, shape.g),
             (block.conv2, block.rsign2, block.bn2, block.act2, shape.c_out, 1, 1),
         ):
-            w = conv.binary_weight(c_out, shape.c_in, k, g)  # mean|W| * sign(W), per output channel
-            scale, bias = _bn_affine(bn, c_out, w.abs().amax(dim=(1, 2, 3)))
-            signs = _np(torch.where(w >= 0, 1.0, -1.0))
+            signs, w_scale = conv.binary_weight(c_out, shape.c_in, k, g)
+            scale, bias = _bn_affine(bn, c_out, w_scale)
+            signs = _np(signs)
             convs.append(FoldedConv(_np(rsign.threshold[: shape.c_in]), signs, scale, bias, _act(act, c_out)))
         layers.append(FoldedLayer(shape, *convs))
     c = arch.stem

@@ -12,20 +12,7 @@ import tvm
 from tvm import te, tirx
 
 from hwnas.arch import STEM_IN_CHANNELS, STEM_KERNEL, STEM_STRIDE, conv_out_size
-
-
-def rprelu(
-    v: tirx.PrimExpr, c: tirx.PrimExpr, shift_in: te.Tensor, slope: te.Tensor, shift_out: te.Tensor
-) -> tirx.PrimExpr:
-    """RPReLU as the model computes it: z = v - shift_in; (z if z >= 0 else z * slope) + shift_out."""
-    z = v - shift_in[c]
-    return tirx.Select(z >= tirx.const(0, "float32"), z, z * slope[c]) + shift_out[c]
-
-
-def activation_placeholders(c: int, prefix: str) -> list[te.Tensor]:
-    """The per-channel affine (scale, bias) and RPReLU (shift_in, slope, shift_out) inputs."""
-    names = ("scale", "bias", "shift_in", "slope", "shift_out")
-    return [te.placeholder((c,), "float32", name=f"{prefix}_{n}") for n in names]
+from hwnas.compile.epilogue import activation_params, rprelu
 
 
 def stem_kernel(c: int, resolution: int) -> tirx.PrimFunc:
@@ -34,8 +21,9 @@ def stem_kernel(c: int, resolution: int) -> tirx.PrimFunc:
     size = conv_out_size(resolution, STEM_KERNEL, STEM_STRIDE)
     image = te.placeholder((1, STEM_IN_CHANNELS, resolution, resolution), "float32", name="image")
     weight = te.placeholder((STEM_IN_CHANNELS, STEM_KERNEL, STEM_KERNEL, c), "float32", name="weight")
-    params = activation_placeholders(c, "stem")
-    scale, bias, *act = params
+    scale = te.placeholder((c,), "float32", name="stem_scale")
+    bias = te.placeholder((c,), "float32", name="stem_bias")
+    act = activation_params(c, "stem")
     ci = te.reduce_axis((0, STEM_IN_CHANNELS), name="ci")
     ky = te.reduce_axis((0, STEM_KERNEL), name="ky")
     kx = te.reduce_axis((0, STEM_KERNEL), name="kx")
@@ -50,7 +38,7 @@ def stem_kernel(c: int, resolution: int) -> tirx.PrimFunc:
         (size, size, c), lambda y, x, o: te.sum(pixel(y, x) * weight[ci, ky, kx, o], axis=[ci, ky, kx]), name="acc"
     )
     out = te.compute((size, size, c), lambda y, x, o: rprelu(acc[y, x, o] * scale[o] + bias[o], o, *act), name="out")
-    sch = tvm.s_tir.Schedule(te.create_prim_func([image, weight, *params, out]))
+    sch = tvm.s_tir.Schedule(te.create_prim_func([image, weight, scale, bias, *act, out]))
     block = sch.get_sblock("acc")
     y, x, o, r_ci, r_ky, r_kx = sch.get_loops(block)
     sch.reorder(y, x, r_ci, r_ky, r_kx, o)
@@ -76,7 +64,8 @@ def head_kernel(c: int, size: int, classes: int) -> tirx.PrimFunc:
     total = te.compute((c,), lambda o: te.sum(x[ry, rx, o], axis=[ry, rx]), name="total")
     pooled = te.compute((c,), lambda o: total[o] / tirx.const(size * size, "float32"), name="pooled")
     rc = te.reduce_axis((0, c), name="rc")
-    logits = te.compute((1, classes), lambda _, j: te.sum(pooled[rc] * weight[j, rc], axis=rc) + bias[j], name="logits")
+    dot = te.compute((1, classes), lambda _, j: te.sum(pooled[rc] * weight[j, rc], axis=rc), name="dot")
+    logits = te.compute((1, classes), lambda _, j: dot[0, j] + bias[j], name="logits")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, bias, logits]))
-    sch.parallel(sch.get_loops(sch.get_sblock("logits"))[1])
+    sch.parallel(sch.get_loops(sch.get_sblock("dot"))[1])
     return sch.mod["main"]

@@ -30,8 +30,9 @@ def run(mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int, ...], 
     return out.numpy()
 
 
-def batch_timer(mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int, ...], out_dtype: str,
-                min_repeat_ms: int = 10) -> Callable[[], float]:
+def batch_timer(
+    mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int, ...], out_dtype: str, min_repeat_ms: int = 10
+) -> Callable[[], float]:
     """A callable that times one batch of calls of ``main`` and returns seconds per call.
 
     The batch size is calibrated once so that a batch lasts about ``min_repeat_ms``; benchmarks
@@ -47,8 +48,7 @@ def batch_timer(mod: tvm.runtime.Module, *args: np.ndarray, out_shape: tuple[int
     return lambda: float(timer(*tensors).mean)
 
 
-def export_cross(func: tvm.tirx.PrimFunc, target: tvm.target.Target, path: str | Path,
-                 cc: str = AARCH64_CC) -> Path:
+def export_cross(func: tvm.tirx.PrimFunc, target: tvm.target.Target, path: str | Path, cc: str = AARCH64_CC) -> Path:
     """Compile for a foreign target and link a shared library with a cross compiler."""
     exe = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
     path = Path(path)

@@ -4,8 +4,8 @@ Conventions the compiler relies on:
 - ``sign(v) = +1 if v >= 0 else -1`` for activations and weights (``torch.sign`` would give 0).
 - Binary activations are padded with **+1** before a k x k conv (k > 1), so border outputs are
   plain +-1 dot products with no correction term; real-valued activations pad with zeros.
-- A binary weight is ``mean|W|`` per output channel times ``sign(W)``; the scale folds into the
-  following BatchNorm at inference.
+- A binary weight is ``mean|W|`` per output channel times ``sign(W)``; the conv runs on the signs
+  and its output is scaled, and the scale folds into the following BatchNorm at inference.
 """
 
 from __future__ import annotations
@@ -48,17 +48,13 @@ def channel_norm(w: Tensor, eps: float = 1e-5) -> Tensor:
     return (w - mean) / torch.sqrt(var + eps)
 
 
-class _ScaledSign(torch.autograd.Function):
-    """mean|W| * sign(W) per output channel, exactly; straight-through gradient where |W| <= 1.
-
-    A custom function rather than the ``detach`` trick so the forward values are exactly
-    +-mean|W| (``a - c + c`` rounds), which the compiled network reproduces bit for bit.
-    """
+class _WeightSign(torch.autograd.Function):
+    """sign(W) forward; straight-through gradient where |W| <= 1 (ReActNet's clipped STE)."""
 
     @staticmethod
     def forward(ctx, w: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(w)
-        return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True) * sign(w)
+        return sign(w)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
@@ -66,8 +62,15 @@ class _ScaledSign(torch.autograd.Function):
         return grad * (w.abs() <= 1).to(grad.dtype)
 
 
-def scaled_sign(w: Tensor) -> Tensor:
-    return _ScaledSign.apply(w)
+def weight_sign(w: Tensor) -> tuple[Tensor, Tensor]:
+    """sign(W) with a clipped straight-through gradient, and the per-output-channel scale mean|W|.
+
+    The conv runs on the +-1 weights and its (exact, integer) output is multiplied by the scale
+    afterwards: the same value as a conv with mean|W| * sign(W), rounded once instead of once per
+    term, which the compiled network reproduces closely (a binary net amplifies rounding noise
+    that crosses a sign threshold).
+    """
+    return _WeightSign.apply(w), w.abs().mean(dim=tuple(range(1, w.dim()))).detach()
 
 
 def bi_transform(w: Tensor, theta: Tensor) -> Tensor:

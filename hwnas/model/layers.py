@@ -25,7 +25,7 @@ from hwnas.model.binary import (
     init_lsq_step,
     lsq_quantize,
     pad_binary,
-    scaled_sign,
+    weight_sign,
 )
 
 
@@ -83,19 +83,24 @@ class BinaryConv2d(nn.Module):
         w = narrow(self.weight, (c_out, c_in // groups, k, k)).contiguous()
         return channel_norm(w) if self.weight_norm else w
 
-    def binary_weight(self, c_out: int, c_in: int, k: int, groups: int) -> Tensor:
-        """The weight the deployable network uses: mean|W| * sign(W theta)."""
+    def binary_weight(self, c_out: int, c_in: int, k: int, groups: int) -> tuple[Tensor, Tensor]:
+        """The deployable network's weight: sign(W theta) and its per-output-channel scale mean|W theta|."""
         w = self.real_weight(c_out, c_in, k, groups)
         if f"k{k}" in self.theta:
             w = bi_transform(w, self.theta[f"k{k}"])
-        return scaled_sign(w)
+        return weight_sign(w)
 
     def forward(self, x: Tensor, c_out: int, k: int, groups: int, stride: int, mode: Mode) -> Tensor:
         c_in = x.shape[1]
-        w = (self.binary_weight if mode.binary_weights else self.real_weight)(c_out, c_in, k, groups)
+        if mode.binary_weights:
+            w, scale = self.binary_weight(c_out, c_in, k, groups)
+        else:
+            w, scale = self.real_weight(c_out, c_in, k, groups), None
         if mode.binary_activations:
-            return F.conv2d(pad_binary(x, k), w, stride=stride, groups=groups)
-        return F.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)
+            out = F.conv2d(pad_binary(x, k), w, stride=stride, groups=groups)
+        else:
+            out = F.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)
+        return out if scale is None else out * scale.view(1, -1, 1, 1)
 
 
 class ElasticBatchNorm2d(nn.BatchNorm2d):

@@ -1,0 +1,101 @@
+"""A folded subnet as one Relax module: every binary conv a bit-packed XNOR/popcount kernel.
+
+Data flow per searched layer (batch 1, channels last ``[H, W, C]``), two kernels per binary conv:
+
+    x --pack(sign(x - t1), +1 border)--> bits --binconv k x k, groups, stride--> D
+      --epilogue: scale * D + bias + avgpool2(x) or x, RPReLU--> y
+    y --pack(sign(y - t2))--> bits --binconv 1x1--> D --epilogue: ... + tile(y), RPReLU--> out
+
+so each conv reads its float input once (the packer) and writes its float output once (the conv
+with its fused epilogue). The stem and head are kernels of :mod:`hwnas.compile.realparts`.
+Weights are Relax constants, so the exported library is self-contained: ``main(image [1, 3, R, R])
+-> logits [1, classes]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from hwnas.compile.binconv import ConvShape, binary_conv2d
+from hwnas.compile.bitpack import pack_weights, packer_for
+from hwnas.compile.epilogue import Residual
+from hwnas.compile.fold import Activation, FoldedConv, FoldedNet
+from hwnas.compile.realparts import head_kernel, stem_kernel
+
+OPAQUE = 8  # relax's kOpaque op pattern: keep the scheduled kernels out of operator fusion
+
+
+def _const(array: np.ndarray) -> relax.Constant:
+    return relax.const(np.ascontiguousarray(array))
+
+
+def _act_consts(act: Activation) -> list[relax.Constant]:
+    return [_const(act.shift_in), _const(act.slope), _const(act.shift_out)]
+
+
+class _Builder:
+    """Emits the kernels of one network into a Relax BlockBuilder."""
+
+    def __init__(self, target: tvm.target.Target) -> None:
+        self.bb = relax.BlockBuilder()
+        self.target = target
+        self.labels: list[str] = []  # one per kernel call, in execution order (for profiles)
+
+    def call(
+        self, func: tvm.tirx.PrimFunc, name: str, args: list, shape: tuple[int, ...], dtype: str, label: str
+    ) -> relax.Var:
+        self.labels.append(label)
+        gvar = self.bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE), name)
+        return self.bb.emit(relax.call_tir(gvar, args, relax.TensorType(shape, dtype)))
+
+    def conv(
+        self, conv: FoldedConv, shape: ConvShape, x: relax.Var, residual: Residual, source: relax.Var, label: str
+    ) -> relax.Var:
+        func, tile = binary_conv2d(shape, self.target, residual=residual)
+        packer = packer_for(shape, tile, self.target)
+        packed_shape = shape.packed_input_shape(tile.word_bits)
+        bits = self.call(packer, "pack", [x, _const(conv.threshold)], packed_shape, tile.dtype, f"{label} pack")
+        weights = pack_weights(conv.weight, shape.groups, tile.vb, tile.word_bits)
+        args = [bits, _const(weights), _const(conv.scale), _const(conv.bias), source, *_act_consts(conv.act)]
+        return self.call(func, "binconv", args, shape.output_shape, "float32", f"{label} conv")
+
+
+def build_module(net: FoldedNet, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
+    """The Relax IRModule of a folded network for ``target``, and a label per kernel call in order."""
+    b = _Builder(target)
+    res, c = net.resolution, net.arch.stem
+    image = relax.Var("image", relax.TensorType((1, 3, res, res), "float32"))
+    with b.bb.function("main", [image]):
+        with b.bb.dataflow():
+            size = net.arch.stem_size(res)
+            stem_args = [
+                image,
+                _const(net.stem_weight.transpose(1, 2, 3, 0)),
+                _const(net.stem_scale),
+                _const(net.stem_bias),
+                *_act_consts(net.stem_act),
+            ]
+            x = b.call(stem_kernel(c, res), "stem", stem_args, (size, size, c), "float32", "stem")
+            for layer in net.layers:
+                s = layer.shape
+                first = ConvShape(s.c_in, s.c_in, s.k, s.g, s.stride, s.size_in, s.size_in)
+                pool = Residual.POOL if s.stride == 2 else Residual.IDENTITY
+                name = f"s{s.stage + 1}.{s.index + 1} c{s.c_out}_k{s.k}_g{s.g}"
+                y = b.conv(layer.group_conv, first, x, pool, x, f"{name} k{s.k}x{s.k}")
+                second = ConvShape(s.c_in, s.c_out, 1, 1, 1, s.size_out, s.size_out)
+                x = b.conv(layer.pointwise, second, y, Residual.TILE, y, f"{name} 1x1")
+                size = s.size_out
+            head = head_kernel(net.arch.last_width, size, net.num_classes)
+            logits = b.call(
+                head,
+                "head",
+                [x, _const(net.head_weight), _const(net.head_bias)],
+                (1, net.num_classes),
+                "float32",
+                "head",
+            )
+            out = b.bb.emit_output(logits)
+        b.bb.emit_func_output(out)
+    return b.bb.get(), b.labels
