@@ -21,7 +21,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ class Store:
     def add(self, key: Key, samples_ms: Sequence[float]) -> Measurement:
         """Record one measurement and commit; a key already present keeps its first measurement."""
         median, spread = summarize(samples_ms)
-        when = datetime.now(UTC).isoformat(timespec="seconds")
+        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._db:  # one transaction, committed on success
             self._db.execute(
                 "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

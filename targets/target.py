@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import tomllib
 
 from hwnas.errors import HwnasError
 from hwnas.paths import data_dir
