@@ -85,10 +85,16 @@ def layer_configs(space: SearchSpace, resolution: int) -> list[LayerConfig]:
 
 
 def sample_configs(configs: list[LayerConfig], n: int | None, seed: int) -> list[LayerConfig]:
-    """All configurations (``n`` None) or a seeded sample of ``n`` of them, sorted either way."""
+    """All configurations (``n`` None) or a seeded sample of ``n`` of them, sorted either way.
+
+    The sample is a prefix of one seeded shuffle, so a larger ``n`` keeps the smaller sample's
+    configurations (already measured ones stay useful).
+    """
     if n is None or n >= len(configs):
         return list(configs)
-    return sorted(random.Random(seed).sample(configs, n))
+    order = list(configs)
+    random.Random(seed).shuffle(order)
+    return sorted(order[:n])
 
 
 def sample_networks(space: SearchSpace, n: int, seed: int) -> list[Arch]:

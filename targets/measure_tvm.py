@@ -53,10 +53,13 @@ def _require(module: str, what: str) -> ModuleType:
         raise HwnasError(f"{what} needs {module}, which this installation of hwnas does not have") from None
 
 
+def _kernel_modules() -> tuple[ModuleType, ModuleType]:
+    return _require("hwnas.compile.binconv", "layer profiling"), _require("hwnas.compile.bitpack", "layer profiling")
+
+
 def layer_kernels(config: LayerConfig, target: Any, rng: np.random.Generator) -> list[tuple[Any, list[np.ndarray]]]:
     """The layer's four kernels in order, each as (PrimFunc, NumPy arguments including the output)."""
-    binconv = _require("hwnas.compile.binconv", "layer profiling")
-    bitpack = _require("hwnas.compile.bitpack", "layer profiling")
+    binconv, bitpack = _kernel_modules()
     c, size = config.c_in, config.size_in
     group = binconv.ConvShape(c, c, config.k, config.g, config.stride, size, size)
     point = binconv.ConvShape(c, config.c_out, 1, 1, 1, config.size_out, config.size_out)
@@ -78,6 +81,7 @@ def layer_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20) -
     """A LayerMeasure timing the layer's kernels on the session's device (see the module docstring)."""
     import tvm
 
+    _kernel_modules()  # fail now, not once per layer, when the kernels are missing
     target = session.target.tvm_target()
     rng = np.random.default_rng(0)
 

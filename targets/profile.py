@@ -63,15 +63,20 @@ class Report:
         }
 
 
+def layer_key(config: LayerConfig, resolution: int) -> Key:
+    return Key.of("layer", config.to_json(), resolution)
+
+
+def network_key(arch: Arch, resolution: int) -> Key:
+    return Key.of("network", arch.to_json(), resolution)
+
+
 def layer_jobs(configs: Sequence[LayerConfig], resolution: int, measure: LayerMeasure) -> list[Job]:
-    return [Job(Key.of("layer", c.to_json(), resolution), f"layer {c}", lambda c=c: measure(c)) for c in configs]
+    return [Job(layer_key(c, resolution), f"layer {c}", lambda c=c: measure(c)) for c in configs]
 
 
 def network_jobs(archs: Sequence[Arch], resolution: int, measure: NetworkMeasure) -> list[Job]:
-    return [
-        Job(Key.of("network", a.to_json(), resolution), f"network {a}", lambda a=a: measure(a, resolution))
-        for a in archs
-    ]
+    return [Job(network_key(a, resolution), f"network {a}", lambda a=a: measure(a, resolution)) for a in archs]
 
 
 def run_jobs(store: Store, jobs: Sequence[Job], progress: bool = True) -> Report:
