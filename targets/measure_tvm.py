@@ -45,12 +45,13 @@ from targets.session import Session
 
 
 def _require(module: str, what: str) -> ModuleType:
+    """Import a part of hwnas that may not be merged into this installation yet, or explain why not."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module.startswith(exc.name):
+        if not (exc.name or "").startswith("hwnas."):
             raise
-        raise HwnasError(f"{what} needs {module}, which this installation of hwnas does not have") from None
+        raise HwnasError(f"{what} needs {module}, which cannot be imported here ({exc})") from None
 
 
 def _kernel_modules() -> tuple[ModuleType, ModuleType]:
