@@ -297,3 +297,14 @@ def test_layer_kernels_profiled_through_rpc(rpc_server):
         report = run_jobs(store, layer_jobs(configs, 32, layer_measure(session, repeat=3, min_repeat_ms=1)))
         assert report.measured == 2 and not report.failed
         assert all(m.median_ms > 0 and m.repeats == 3 for m in store.measurements("layer"))
+
+
+def test_cli_profile_resumes(capsys):
+    pytest.importorskip("hwnas.compile.binconv")
+    argv = ["profile", "--target", "local", "--layers", "2", "--resolution", "32", "--repeat", "2", "--json"]
+    assert main([*argv, "--min-repeat-ms", "1"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["runs"]["layers"]["measured"] == 2 and first["stored"]["layer"] == 2
+    assert main([*argv, "--min-repeat-ms", "1"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["runs"] == {} and second["stored"]["layer"] == 2
