@@ -8,7 +8,7 @@ OPs instead of latency would give.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,7 @@ def evaluate(predictor: LatencyPredictor, store: Store) -> Evaluation:
     summary = {
         "target": predictor.meta["target"],
         "resolution": predictor.resolution,
-        "calibration": {
-            "slope": predictor.calibration.slope,
-            "intercept": predictor.calibration.intercept,
-            "networks": predictor.calibration.networks,
-        },
+        "calibration": asdict(predictor.calibration),
         "networks": networks,
         "layers": layers,
     }

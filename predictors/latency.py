@@ -72,6 +72,10 @@ class Calibration:
     intercept: float = 0.0
     networks: int = 0
 
+    @property
+    def is_identity(self) -> bool:
+        return self.slope == 1.0 and self.intercept == 0.0
+
     def apply(self, layer_sum: Any) -> Any:
         return self.slope * layer_sum + self.intercept
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from hwnas.commands.output import add_json_flag, emit, log, table
 from hwnas.space import NASBNN
 from predictors.evaluate import evaluate
-from predictors.latency import DEFAULT_HOLDOUT, LatencyPredictor, fit, predictor_dir
+from predictors.latency import DEFAULT_HOLDOUT, MIN_CALIBRATION_NETWORKS, LatencyPredictor, fit, predictor_dir
 from targets.configs import layer_configs, sample_configs, sample_networks
 from targets.profile import layer_jobs, layer_key, network_jobs, network_key, run_jobs
 from targets.session import open_session
@@ -125,13 +126,13 @@ def cmd_fit(args: argparse.Namespace) -> None:
     cal = predictor.calibration
     data = {
         **predictor.meta,
-        "calibration": {"slope": cal.slope, "intercept": cal.intercept, "networks": cal.networks},
+        "calibration": asdict(cal),
         "path": str(directory),
     }
     how = (
-        f"{cal.slope:.3f} x layers + {cal.intercept:.3f} ms from {cal.networks} networks"
-        if cal.networks >= 3
-        else "identity (fewer than 3 networks measured)"
+        f"identity ({cal.networks} networks measured, {MIN_CALIBRATION_NETWORKS} needed)"
+        if cal.is_identity
+        else f"{cal.slope:.3f} x layers + {cal.intercept:.3f} ms from {cal.networks} networks"
     )
     emit(
         args,
