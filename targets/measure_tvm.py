@@ -15,6 +15,9 @@ timed on its own, their per-repeat times added:
 3. pack that output for the 1x1 conv;
 4. the binary 1x1 conv c_in -> c_out with the affine epilogue.
 
+Whenever the kernels or this definition change, bump ``targets.store.MEASURE_METHOD``: earlier
+measurements then stop counting instead of mixing with new ones.
+
 Not included: the element-wise work around them (RPReLU, shortcuts and the stride-2 shortcut's
 pooling), the stem, the classifier and the runtime's per-call overhead; the predictor's
 calibration on whole networks accounts for those. Kernel times do not depend on the data
@@ -59,22 +62,28 @@ def _kernel_modules() -> tuple[ModuleType, ModuleType]:
 
 
 def layer_kernels(config: LayerConfig, target: Any, rng: np.random.Generator) -> list[tuple[Any, list[np.ndarray]]]:
-    """The layer's four kernels in order, each as (PrimFunc, NumPy arguments including the output)."""
+    """The layer's four kernels in order, each as (PrimFunc, NumPy arguments including the output).
+
+    Each conv's tile (and with it the word size, 32 or 64 bits) is chosen first; the packer
+    feeding the conv writes that word size.
+    """
     binconv, bitpack = _kernel_modules()
     c, size = config.c_in, config.size_in
     group = binconv.ConvShape(c, c, config.k, config.g, config.stride, size, size)
     point = binconv.ConvShape(c, config.c_out, 1, 1, 1, config.size_out, config.size_out)
     kernels = []
     for shape in (group, point):
-        x = rng.standard_normal((shape.height, shape.width, shape.c_in), dtype=np.float32)
-        packed = np.zeros(shape.packed_input_shape, np.uint64)
-        kernels.append((bitpack.packer_for(shape, target), [x, np.zeros(shape.c_in, np.float32), packed]))
         conv, tile = binconv.binary_conv2d(shape, target, affine=True)
+        words = shape.packed_input_shape(tile.word_bits)
+        x = rng.standard_normal((shape.height, shape.width, shape.c_in), dtype=np.float32)
+        packer_args = [x, np.zeros(shape.c_in, np.float32), np.zeros(words, tile.dtype)]
+        kernels.append((bitpack.packer_for(shape, tile, target), packer_args))
         weight = rng.standard_normal((shape.c_out, shape.cg, shape.k, shape.k), dtype=np.float32)
-        act = rng.integers(0, 2**63, size=shape.packed_input_shape, dtype=np.uint64)
+        act = rng.integers(0, np.iinfo(tile.dtype).max, size=words, dtype=tile.dtype, endpoint=True)
+        packed_weight = bitpack.pack_weights(weight, shape.groups, tile.vb, tile.word_bits)
         scale_bias = [np.ones(shape.c_out, np.float32), np.zeros(shape.c_out, np.float32)]
         out = np.zeros(shape.output_shape, np.float32)
-        kernels.append((conv, [act, bitpack.pack_weights(weight, shape.groups, tile.vb), *scale_bias, out]))
+        kernels.append((conv, [act, packed_weight, *scale_bias, out]))
     return kernels
 
 

@@ -53,6 +53,7 @@ class Report:
     already: int = 0
     measured: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    stopped: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -60,6 +61,7 @@ class Report:
             "already_measured": self.already,
             "measured": self.measured,
             "failed": [{"what": what, "error": error} for what, error in self.failed],
+            "stopped": self.stopped,
         }
 
 
@@ -79,12 +81,17 @@ def network_jobs(archs: Sequence[Arch], resolution: int, measure: NetworkMeasure
     return [Job(network_key(a, resolution), f"network {a}", lambda a=a: measure(a, resolution)) for a in archs]
 
 
-def run_jobs(store: Store, jobs: Sequence[Job], progress: bool = True) -> Report:
-    """Measure every job whose key the store lacks, in order, committing each one."""
+def run_jobs(store: Store, jobs: Sequence[Job], progress: bool = True, max_failures_in_a_row: int = 5) -> Report:
+    """Measure every job whose key the store lacks, in order, committing each one.
+
+    After ``max_failures_in_a_row`` consecutive failures (a lost device, a broken kernel build)
+    the run stops, with the reason in the report, rather than failing every remaining job.
+    """
     unique = list({job.key: job for job in jobs}.values())
     todo = set(store.missing(job.key for job in unique))
     pending = [job for job in unique if job.key in todo]
     report = Report(total=len(unique), already=len(unique) - len(pending))
+    streak = 0
     bar = tqdm(pending, desc="profiling", unit="kernel", disable=not progress, leave=False)
     for job in bar:
         bar.set_postfix_str(job.label, refresh=False)
@@ -94,7 +101,13 @@ def run_jobs(store: Store, jobs: Sequence[Job], progress: bool = True) -> Report
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             report.failed.append((job.label, message))
             bar.write(f"failed: {job.label}: {message}")
+            streak += 1
+            if streak == max_failures_in_a_row:
+                report.stopped = f"stopped after {streak} failures in a row; rerun to resume"
+                break
             continue
+        streak = 0
         store.add(job.key, samples)
         report.measured += 1
+    bar.close()
     return report

@@ -5,6 +5,8 @@
 - the target's fingerprint (its resolved TVM target and threads: editing the target file or
   moving ``HWNAS_HOME`` to another CPU starts a fresh set instead of mixing machines),
 - the TVM version (a new compiler means new kernels),
+- the measurement method (``MEASURE_METHOD``: which kernels and what one measurement covers,
+  changed whenever the kernels or that definition change, so stale rows stop counting),
 - the kind (``layer``, ``stem``, ``head`` or ``network``), the configuration as canonical JSON
   (sorted keys, no spaces) and the input resolution.
 
@@ -31,11 +33,14 @@ from hwnas.paths import data_dir
 from targets.target import Target
 
 KINDS = ("layer", "stem", "head", "network")
+MEASURE_METHOD = "kernels-1"
+"""Version of what :mod:`targets.measure_tvm` measures; bump it when the kernels or that definition change."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
     target TEXT NOT NULL,
     tvm_version TEXT NOT NULL,
+    method TEXT NOT NULL,
     kind TEXT NOT NULL,
     config TEXT NOT NULL,
     resolution INTEGER NOT NULL,
@@ -43,7 +48,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     spread_ms REAL NOT NULL,
     repeats INTEGER NOT NULL,
     measured_at TEXT NOT NULL,
-    PRIMARY KEY (target, tvm_version, kind, config, resolution)
+    PRIMARY KEY (target, tvm_version, method, kind, config, resolution)
 )
 """
 
@@ -98,13 +103,14 @@ def tvm_version() -> str:
 
 
 class Store:
-    """Measurements of one target under one TVM version (rows of other versions stay, unseen)."""
+    """Measurements of one target, TVM version and method (rows of others stay in the file, unseen)."""
 
-    def __init__(self, path: Path, target_fingerprint: str, version: str) -> None:
+    def __init__(self, path: Path, target_fingerprint: str, version: str, method: str = MEASURE_METHOD) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.target = target_fingerprint
         self.version = version
+        self.method = method
         self._db = sqlite3.connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
@@ -126,8 +132,8 @@ class Store:
 
     def _present(self) -> set[Key]:
         rows = self._db.execute(
-            "SELECT kind, config, resolution FROM measurements WHERE target = ? AND tvm_version = ?",
-            (self.target, self.version),
+            "SELECT kind, config, resolution FROM measurements WHERE target = ? AND tvm_version = ? AND method = ?",
+            (self.target, self.version, self.method),
         )
         return {Key(*row) for row in rows}
 
@@ -142,10 +148,11 @@ class Store:
         when = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._db:  # one transaction, committed on success
             self._db.execute(
-                "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     self.target,
                     self.version,
+                    self.method,
                     key.kind,
                     key.config,
                     key.resolution,
@@ -158,10 +165,10 @@ class Store:
         return Measurement(key, median, spread, len(samples_ms), when)
 
     def measurements(self, kind: str | None = None) -> list[Measurement]:
-        """All measurements of this target and TVM version (of one kind if given), oldest first."""
+        """All measurements of this target, TVM version and method (of one kind if given), oldest first."""
         query = "SELECT kind, config, resolution, median_ms, spread_ms, repeats, measured_at FROM measurements"
-        query += " WHERE target = ? AND tvm_version = ?" + (" AND kind = ?" if kind else "")
-        params = (self.target, self.version, kind) if kind else (self.target, self.version)
+        query += " WHERE target = ? AND tvm_version = ? AND method = ?" + (" AND kind = ?" if kind else "")
+        params = (self.target, self.version, self.method, *([kind] if kind else []))
         rows = self._db.execute(query + " ORDER BY rowid", params)
         return [Measurement(Key(k, c, r), m, s, n, t) for k, c, r, m, s, n, t in rows]
 

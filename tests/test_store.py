@@ -71,7 +71,12 @@ def test_add_keeps_the_first_and_records_everything(store):
 def test_other_tvm_version_or_target_does_not_count(store):
     key = Key.of("layer", {"c_in": 8}, 224)
     store.add(key, [1.0])
-    for other in (Store(store.path, "fingerprint", "0.28"), Store(store.path, "other cpu", "0.27-test")):
+    others = (
+        Store(store.path, "fingerprint", "0.28"),
+        Store(store.path, "other cpu", "0.27-test"),
+        Store(store.path, "fingerprint", "0.27-test", "kernels-0"),
+    )
+    for other in others:
         with other:
             assert other.missing([key]) == [key] and other.measurements() == []
 
@@ -103,6 +108,16 @@ def test_failures_are_reported_skipped_and_retried(store):
     retry = CountingMeasure()
     assert run_jobs(store, layer_jobs(configs, 224, retry), progress=False).measured == 1
     assert retry.calls == [configs[1]]
+
+
+def test_a_run_of_failures_stops_the_run(store):
+    configs = layer_configs(NASBNN, 224)[:10]
+    broken = CountingMeasure(fail=set(configs))
+    report = run_jobs(store, layer_jobs(configs, 224, broken), progress=False, max_failures_in_a_row=3)
+    assert len(broken.calls) == 3 and report.measured == 0 and "3 failures in a row" in report.stopped
+    flaky = CountingMeasure(fail={configs[0], configs[2]})
+    report = run_jobs(store, layer_jobs(configs, 224, flaky), progress=False, max_failures_in_a_row=2)
+    assert report.measured == 8 and report.stopped is None
 
 
 def test_network_jobs_use_the_hook(store):

@@ -114,6 +114,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
         for kind, r in reports.items()
     ] or ["nothing left to measure"]
     lines += [f"  failed {what}: {error}" for r in reports.values() for what, error in r.failed]
+    lines += [f"{kind}: {r.stopped}" for kind, r in reports.items() if r.stopped]
     lines.append(f"stored for {target.name}: " + ", ".join(f"{n} {k}" for k, n in data["stored"].items()))
     emit(args, data, "\n".join(lines))
 
