@@ -19,9 +19,11 @@ key already present is never measured or written again.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.errors import HwnasError
 from hwnas.paths import data_dir
 from targets.target import Target
 
@@ -129,6 +132,17 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store's profiling lock: two profilers of one target would measure the same
+        keys twice and disturb each other's timings. Released when the block ends or the process dies."""
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise HwnasError(f"another profiler is using {self.path}; wait for it to finish or stop it") from None
+            yield
 
     def _present(self) -> set[Key]:
         rows = self._db.execute(

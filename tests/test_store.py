@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from hwnas.errors import HwnasError
 from hwnas.space import NASBNN
 from targets.configs import LayerConfig, layer_configs, sample_configs, sample_networks
 from targets.profile import layer_jobs, network_jobs, run_jobs
@@ -131,6 +132,18 @@ def test_network_jobs_use_the_hook(store):
     report = run_jobs(store, network_jobs(archs, 160, measure_network), progress=False)
     assert report.measured == 3 and seen == [(a, 160) for a in archs]
     assert {m.key.resolution for m in store.measurements("network")} == {160}
+
+
+def test_one_profiler_per_store(store):
+    with store.exclusive():
+        with (
+            Store(store.path, "fingerprint", "0.27-test") as other,
+            pytest.raises(HwnasError, match="another profiler"),
+        ):
+            with other.exclusive():
+                pass
+    with store.exclusive():  # released
+        pass
 
 
 def test_store_lives_in_hwnas_home(_home):

@@ -91,7 +91,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
         )
         reports = {}
         if layers_left or networks_left:
-            with open_session(target) as session:
+            with store.exclusive(), open_session(target) as session:
                 timing = {"repeat": args.repeat, "min_repeat_ms": args.min_repeat_ms}
                 jobs = {}
                 if layers_left:
