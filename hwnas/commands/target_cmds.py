@@ -1,0 +1,174 @@
+"""`hwnas targets | profile | predictor fit | predictor eval`: measure latency on a target, learn it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+
+from hwnas.commands.output import add_json_flag, emit, log, table
+from hwnas.space import NASBNN
+from predictors.evaluate import evaluate
+from predictors.latency import DEFAULT_HOLDOUT, MIN_CALIBRATION_NETWORKS, LatencyPredictor, fit, predictor_dir
+from targets.configs import layer_configs, sample_configs, sample_networks
+from targets.profile import layer_jobs, layer_key, network_jobs, network_key, run_jobs
+from targets.session import open_session
+from targets.store import Store
+from targets.target import BUILTIN_DIR, load_target, target_files, user_targets_dir
+
+
+def _layers_arg(value: str) -> int | None:
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a count or 'all', got {value!r}")
+    return int(value)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("targets", help="list the targets (built-in and the user's own)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("profile", help="measure layer kernels and whole subnets on a target")
+    p.add_argument("--target", required=True, help="target name (see `hwnas targets`)")
+    p.add_argument(
+        "--layers", type=_layers_arg, default=None, metavar="N|all", help="layer configurations (default all)"
+    )
+    p.add_argument("--networks", type=int, default=0, metavar="M", help="random subnets end to end (default 0)")
+    p.add_argument("--resolution", type=int, default=224, help="square input size (default 224)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the layer and network samples (default 0)")
+    p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement (default 10)")
+    p.add_argument("--min-repeat-ms", type=int, default=20, help="shortest repeat in ms (default 20)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("predictor", help="fit or evaluate a target's latency predictor")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("fit", help="train on the target's measurements (held-out share excluded)")
+    q.add_argument("--target", required=True)
+    q.add_argument("--resolution", type=int, default=224, help="resolution of the calibration networks")
+    q.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT, help="share held out for eval (default 0.2)")
+    q.add_argument("--seed", type=int, default=0)
+    add_json_flag(q)
+    q.set_defaults(func=cmd_fit)
+    q = actions.add_parser("eval", help="accuracy on held-out networks and layer kernels, and a scatter plot")
+    q.add_argument("--target", required=True)
+    q.add_argument("--plot", type=Path, default=None, help="PNG path (default: in the predictor's directory)")
+    add_json_flag(q)
+    q.set_defaults(func=cmd_eval)
+
+
+def cmd_targets(args: argparse.Namespace) -> None:
+    found = [load_target(name) for name in target_files()]
+    data = {"user_targets_dir": str(user_targets_dir()), "targets": [t.to_json() for t in found]}
+    rows = [
+        (
+            t.name,
+            str(t.connection),
+            " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in t.tvm.items() if k != "kind"),
+            t.threads or "all",
+            "built-in" if t.source.parent == BUILTIN_DIR else "user",
+        )
+        for t in found
+    ]
+    text = table(("target", "connection", "llvm", "threads", "file"), rows)
+    emit(args, data, text + f"\n\nadd or override a target: {user_targets_dir()}/<name>.toml")
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from targets import measure_tvm
+
+    target = load_target(args.target)
+    configs = sample_configs(layer_configs(NASBNN, args.resolution), args.layers, args.seed)
+    archs = sample_networks(NASBNN, args.networks, args.seed) if args.networks else []
+    with Store.for_target(target) as store:
+        layers_left = store.missing(layer_key(c, args.resolution) for c in configs)
+        networks_left = store.missing(network_key(a, args.resolution) for a in archs)
+        log(
+            f"target {target.name} ({target.connection}): {len(configs)} layer configs and {len(archs)} networks, "
+            f"{len(layers_left)} + {len(networks_left)} to measure; store {store.path}"
+        )
+        reports = {}
+        if layers_left or networks_left:
+            with store.exclusive(), open_session(target) as session:
+                timing = {"repeat": args.repeat, "min_repeat_ms": args.min_repeat_ms}
+                jobs = {}
+                if layers_left:
+                    measure = measure_tvm.layer_measure(session, **timing)
+                    jobs["layers"] = layer_jobs(configs, args.resolution, measure)
+                if networks_left:  # before any layer runs: a missing network compiler fails at once
+                    jobs["networks"] = network_jobs(
+                        archs, args.resolution, measure_tvm.network_measure(session, **timing)
+                    )
+                reports = {kind: run_jobs(store, kind_jobs) for kind, kind_jobs in jobs.items()}
+        data = {
+            "target": target.name,
+            "store": str(store.path),
+            "resolution": args.resolution,
+            "runs": {kind: report.to_json() for kind, report in reports.items()},
+            "stored": store.counts(),
+        }
+    lines = [
+        f"{kind}: {r.measured} measured, {r.already} already stored, {len(r.failed)} failed"
+        for kind, r in reports.items()
+    ] or ["nothing left to measure"]
+    lines += [f"  failed {what}: {error}" for r in reports.values() for what, error in r.failed]
+    lines += [f"{kind}: {r.stopped}" for kind, r in reports.items() if r.stopped]
+    lines.append(f"stored for {target.name}: " + ", ".join(f"{n} {k}" for k, n in data["stored"].items()))
+    emit(args, data, "\n".join(lines))
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    target = load_target(args.target)
+    with Store.for_target(target) as store:
+        predictor = fit(target, store, args.resolution, args.holdout, args.seed)
+    directory = predictor.save()
+    cal = predictor.calibration
+    data = {
+        **predictor.meta,
+        "calibration": asdict(cal),
+        "path": str(directory),
+    }
+    how = (
+        f"identity ({cal.networks} networks measured, {MIN_CALIBRATION_NETWORKS} needed)"
+        if cal.is_identity
+        else f"{cal.slope:.3f} x layers + {cal.intercept:.3f} ms from {cal.networks} networks"
+    )
+    emit(
+        args,
+        data,
+        f"trained on {predictor.meta['trained_layers']} layer kernels; calibration {how}\nsaved to {directory}",
+    )
+
+
+def _fmt(value: float | int | None, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f} %" if pct else f"{value:.3f}"
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    target = load_target(args.target)
+    predictor = LatencyPredictor.load(target)
+    with Store.for_target(target) as store:
+        result = evaluate(predictor, store)
+    plot = result.plot(args.plot or predictor_dir(target.name) / "eval.png")
+    data = {**result.summary, "plot": str(plot)}
+    nets, layers = result.summary["networks"], result.summary["layers"]
+    rows = [
+        (
+            name,
+            part["n"],
+            _fmt(part.get("within_10pct"), True),
+            _fmt(part.get("within_5pct"), True),
+            _fmt(part.get("rmse_ms")),
+            _fmt(part.get("kendall_tau")),
+            _fmt(part.get(ops_key)),
+        )
+        for name, part, ops_key in (("networks", nets, "ops_kendall_tau"), ("layers", layers, "bops_kendall_tau"))
+    ]
+    text = table(("held out", "n", "+-10 %", "+-5 %", "RMSE ms", "tau", "tau of OPs/BOPs"), rows)
+    if nets["n"] == 0:
+        text += f"\nno held-out whole networks: profile some with `hwnas profile --target {target.name} --networks M`"
+    emit(args, data, text + f"\nplot: {plot}")

@@ -1,0 +1,53 @@
+"""Evaluate a latency predictor on the measurements held out from its training.
+
+Whole networks measured end to end are the figure that matters (nn-Meter's); held-out layer
+kernels show where the layer model itself errs. Beside each, the Kendall tau that the OPs count
+(networks) or the BOPs count (layers) reaches against the same measurements: what ranking by
+OPs instead of latency would give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictors.features import LAYER_FEATURES, layer_features
+from predictors.latency import LatencyPredictor, split
+from predictors.metrics import accuracy, kendall_tau
+from predictors.ops import count_ops
+from predictors.plot import scatter_png
+from targets.store import Store
+
+
+@dataclass
+class Evaluation:
+    summary: dict[str, Any]
+    panels: list[tuple[str, np.ndarray, np.ndarray]]
+
+    def plot(self, path: Path) -> Path:
+        return scatter_png(path, self.panels)
+
+
+def evaluate(predictor: LatencyPredictor, store: Store) -> Evaluation:
+    """Accuracy on the held-out networks (at the predictor's resolution) and layer kernels."""
+    _, held = split(store, predictor.resolution, predictor.meta["holdout"])
+    layer_pred = predictor.layer_ms(held.layers)
+    bops = layer_features(held.layers)[:, LAYER_FEATURES.index("bops")] if len(held.layers) else np.zeros(0)
+    layers = {**accuracy(layer_pred, held.layer_ms), "bops_kendall_tau": kendall_tau(bops, held.layer_ms)}
+    net_pred = predictor.predict_many(held.networks) if held.networks else np.zeros(0)
+    ops = np.array([count_ops(a, predictor.resolution).ops for a in held.networks])
+    networks = {**accuracy(net_pred, held.network_ms), "ops_kendall_tau": kendall_tau(ops, held.network_ms)}
+    summary = {
+        "target": predictor.meta["target"],
+        "resolution": predictor.resolution,
+        "calibration": asdict(predictor.calibration),
+        "networks": networks,
+        "layers": layers,
+    }
+    panels = [("held-out layer kernels", layer_pred, held.layer_ms)]
+    if held.networks:
+        panels.insert(0, ("held-out whole networks", net_pred, held.network_ms))
+    return Evaluation(summary, panels)

@@ -1,0 +1,108 @@
+"""What gets profiled: the distinct binary layer kernel configurations a search space can produce.
+
+A searched layer (see :mod:`hwnas.arch`) is a binary k x k group conv c_in -> c_in with g groups
+and the layer's stride, then a binary 1x1 conv c_in -> c_out. Its kernel configuration is
+``(c_in, c_out, k, g, stride, size_in)``; everything else (output size, padding) follows. Two
+layers with the same configuration run the same kernels, so the profiler measures each
+configuration once and the predictor looks layers up by it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from hwnas.arch import Arch, LayerShape, conv_out_size
+from hwnas.space import SearchSpace
+
+CONFIG_FIELDS = ("c_in", "c_out", "k", "g", "stride", "size_in")
+
+
+@dataclass(frozen=True, order=True)
+class LayerConfig:
+    """One searched layer's kernel configuration (batch 1, square inputs)."""
+
+    c_in: int
+    c_out: int
+    k: int
+    g: int
+    stride: int
+    size_in: int
+
+    @property
+    def size_out(self) -> int:
+        return conv_out_size(self.size_in, self.k, self.stride)
+
+    @classmethod
+    def of(cls, shape: LayerShape) -> LayerConfig:
+        return cls(shape.c_in, shape.c_out, shape.k, shape.g, shape.stride, shape.size_in)
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LayerConfig:
+        return cls(**{f.name: int(obj[f.name]) for f in fields(cls)})
+
+    def __str__(self) -> str:
+        return f"{self.c_in}->{self.c_out} k{self.k} g{self.g} s{self.stride} @{self.size_in}"
+
+
+def arch_configs(arch: Arch, resolution: int) -> list[LayerConfig]:
+    """The kernel configuration of every searched layer of ``arch``, in network order."""
+    return [LayerConfig.of(shape) for shape in arch.layer_shapes(resolution)]
+
+
+def layer_configs(space: SearchSpace, resolution: int) -> list[LayerConfig]:
+    """Every distinct layer configuration of the space's architectures at ``resolution``, sorted.
+
+    A forward pass over layer positions tracks the widths the previous layer can have: a layer
+    reads any reachable width that one of its stage's group counts divides, and (with ND) writes
+    a width no smaller. Spatial sizes do not depend on the kernel (odd kernels, padding k // 2).
+    It assumes every prefix extends to a whole architecture, true of NAS-BNN (group 1, or groups
+    dividing every width); the tests check it against brute force on a small space.
+    """
+    found: set[LayerConfig] = set()
+    reachable = set(space.stem_widths)
+    size = conv_out_size(resolution, 3, 2)
+    for st in space.stages:
+        ends: set[int] = set()
+        for index in range(max(st.depths)):
+            stride = st.stride if index == 0 else 1
+            nxt: set[int] = set()
+            for c_in in sorted(reachable):
+                groups = [g for g in st.groups if c_in % g == 0]
+                outs = [c for c in st.widths if c >= c_in or not space.nd] if groups else []
+                found.update(LayerConfig(c_in, c, k, g, stride, size) for c in outs for k in st.kernels for g in groups)
+                nxt.update(outs)
+            size = conv_out_size(size, 3, stride)
+            reachable = nxt
+            if index + 1 in st.depths:
+                ends |= nxt
+        reachable = ends
+    return sorted(found)
+
+
+def sample_configs(configs: list[LayerConfig], n: int | None, seed: int) -> list[LayerConfig]:
+    """All configurations (``n`` None) or a seeded sample of ``n`` of them, sorted either way.
+
+    The sample is a prefix of one seeded shuffle, so a larger ``n`` keeps the smaller sample's
+    configurations (already measured ones stay useful).
+    """
+    if n is None or n >= len(configs):
+        return list(configs)
+    order = list(configs)
+    random.Random(seed).shuffle(order)
+    return sorted(order[:n])
+
+
+def sample_networks(space: SearchSpace, n: int, seed: int) -> list[Arch]:
+    """``n`` distinct random subnets, the same ones for the same seed (so a rerun resumes them)."""
+    if n > space.count():
+        raise ValueError(f"the space has only {space.count()} architectures, {n} asked for")
+    rng = random.Random(seed)
+    archs: dict[Arch, None] = {}
+    while len(archs) < n:
+        archs[space.sample(rng)] = None
+    return list(archs)

@@ -1,0 +1,141 @@
+"""A session on a target's device: load compiled modules there and time them, locally or over TVM RPC.
+
+Remote devices are reached only through TVM's own RPC: ``python -m tvm.exec.rpc_server`` on the
+board (``rpc`` targets), or ``python -m tvm.exec.rpc_tracker`` plus servers registered under a
+device key (``tracker`` targets). Before handing the address to TVM, the session checks that a TCP
+connection opens within the target's ``timeout_s``: TVM's own connect waits for the operating
+system's timeout (minutes) on a silent host, and its tracker client retries for a minute.
+
+Threads: on this machine the session sets ``TVM_NUM_THREADS`` before TVM's pool starts (TVM
+otherwise uses half the cores on x86). A remote server reads its own environment, so start it
+with ``TVM_NUM_THREADS=<threads>`` there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hwnas.errors import HwnasError
+from targets.target import Target, local_threads
+
+if TYPE_CHECKING:
+    import tvm
+
+
+class DeviceUnreachable(HwnasError):
+    """The target's device cannot be reached or refused the session."""
+
+
+class Session:
+    """An open device: ``load`` puts a compiled Executable there, ``time_ms`` measures a function."""
+
+    def __init__(self, target: Target, remote: Any | None, workdir: Path) -> None:
+        import tvm
+
+        self.target = target
+        self.remote = remote
+        self.device = remote.cpu() if remote is not None else tvm.cpu()
+        self._workdir = workdir
+        self._count = 0
+
+    @property
+    def is_remote(self) -> bool:
+        return self.remote is not None
+
+    def load(self, exe: tvm.runtime.Executable) -> tvm.runtime.Module:
+        """The module of ``exe`` on the device: as is locally, else exported, uploaded and loaded."""
+        if self.remote is None:
+            return exe.mod
+        self._count += 1
+        path = self._workdir / f"mod{self._count}.so"
+        exe.export_library(str(path), **self._export_args())
+        self.remote.upload(str(path))
+        return self.remote.load_module(path.name)
+
+    def _export_args(self) -> dict[str, Any]:
+        if not self.target.cc:
+            return {}
+        from tvm.support.cc import cross_compiler
+
+        return {"fcompile": cross_compiler(self.target.cc)}
+
+    def tensor(self, array: np.ndarray) -> tvm.runtime.Tensor:
+        import tvm
+
+        return tvm.runtime.tensor(array, self.device)
+
+    def time_ms(
+        self,
+        mod: tvm.runtime.Module,
+        args: Sequence[Any],
+        name: str = "main",
+        repeat: int = 10,
+        min_repeat_ms: int = 20,
+    ) -> list[float]:
+        """Milliseconds per call of ``mod[name](*args)``, one value per repeat.
+
+        TVM's time_evaluator runs on the device (remote timing excludes the network) and grows
+        the calls per repeat until a repeat lasts ``min_repeat_ms``; one untimed call warms up.
+        """
+        mod[name](*args)
+        timer = mod.time_evaluator(name, self.device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+        return [float(seconds) * 1e3 for seconds in timer(*args).results]
+
+
+def _check_reachable(host: str, port: int, timeout_s: float, what: str) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise DeviceUnreachable(f"cannot reach the {what} at {host}:{port} within {timeout_s:g} s: {reason}") from None
+
+
+def _connect(target: Target) -> Any:
+    from tvm import rpc
+
+    conn = target.connection
+    what = "RPC server" if conn.kind == "rpc" else "RPC tracker"
+    _check_reachable(conn.host, conn.port, conn.timeout_s, what)
+    try:
+        if conn.kind == "rpc":
+            return rpc.connect(conn.host, conn.port, session_timeout=conn.session_timeout_s)
+        tracker = rpc.connect_tracker(conn.host, conn.port)
+        return tracker.request(conn.key, session_timeout=conn.session_timeout_s, max_retry=1)
+    except Exception as exc:  # TVM raises TVMError, RuntimeError or socket errors here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeviceUnreachable(f"target {target.name}: {what} at {conn.host}:{conn.port} refused: {first}") from None
+
+
+@contextmanager
+def open_session(target: Target) -> Iterator[Session]:
+    """A session on the target's device, closed (temporary files removed) on exit.
+
+    Raises DeviceUnreachable, a one-line HwnasError, when an RPC server or tracker does not answer.
+    """
+    remote = None
+    if target.connection.kind == "local":
+        _set_local_threads(local_threads(target))
+    else:
+        remote = _connect(target)
+    with tempfile.TemporaryDirectory(prefix=f"hwnas-{target.name}-") as workdir:
+        yield Session(target, remote, Path(workdir))
+
+
+def _set_local_threads(threads: int) -> None:
+    """TVM's pool reads TVM_NUM_THREADS once, when it starts; later changes have no effect."""
+    import tvm
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    used = int(tvm.runtime.num_threads())
+    if used != threads:
+        warnings.warn(f"TVM's thread pool already runs {used} thread(s); the target asks for {threads}", stacklevel=3)

@@ -1,0 +1,194 @@
+"""The measurement store: one SQLite file per target, every measurement committed as soon as it exists.
+
+``<data dir>/measurements/<target>.sqlite`` holds one row per measurement, keyed by
+
+- the target's fingerprint (its resolved TVM target and threads: editing the target file or
+  moving ``HWNAS_HOME`` to another CPU starts a fresh set instead of mixing machines),
+- the TVM version (a new compiler means new kernels),
+- the measurement method (``MEASURE_METHOD``: which kernels and what one measurement covers,
+  changed whenever the kernels or that definition change, so stale rows stop counting),
+- the kind (``layer``, ``stem``, ``head`` or ``network``), the configuration as canonical JSON
+  (sorted keys, no spaces) and the input resolution.
+
+Each row records the median over the repeats, the spread (the inter-quartile range of the
+per-repeat times, robust to one stray slow repeat on a shared machine), the number of repeats and
+when it was measured. The file is in WAL mode and every ``add`` commits, so killing a profiling
+run loses at most the measurement in flight; ``missing`` tells the profiler what is left, and a
+key already present is never measured or written again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.errors import HwnasError
+from hwnas.paths import data_dir
+from targets.target import Target
+
+KINDS = ("layer", "stem", "head", "network")
+MEASURE_METHOD = "kernels-1"
+"""Version of what :mod:`targets.measure_tvm` measures; bump it when the kernels or that definition change."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS measurements (
+    target TEXT NOT NULL,
+    tvm_version TEXT NOT NULL,
+    method TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    resolution INTEGER NOT NULL,
+    median_ms REAL NOT NULL,
+    spread_ms REAL NOT NULL,
+    repeats INTEGER NOT NULL,
+    measured_at TEXT NOT NULL,
+    PRIMARY KEY (target, tvm_version, method, kind, config, resolution)
+)
+"""
+
+
+def canonical(config: Mapping[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Key:
+    """What one measurement is of."""
+
+    kind: str
+    config: str
+    resolution: int
+
+    @classmethod
+    def of(cls, kind: str, config: Mapping[str, Any], resolution: int) -> Key:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        return cls(kind, canonical(config), resolution)
+
+    def config_json(self) -> dict[str, Any]:
+        return json.loads(self.config)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    key: Key
+    median_ms: float
+    spread_ms: float
+    repeats: int
+    measured_at: str
+
+
+def summarize(samples_ms: Sequence[float]) -> tuple[float, float]:
+    """Median and inter-quartile range of per-repeat times."""
+    if len(samples_ms) == 0:
+        raise ValueError("a measurement needs at least one repeat")
+    q25, q50, q75 = np.percentile(np.asarray(samples_ms, dtype=float), [25, 50, 75])
+    return float(q50), float(q75 - q25)
+
+
+def store_path(target_name: str) -> Path:
+    return data_dir() / "measurements" / f"{target_name}.sqlite"
+
+
+def tvm_version() -> str:
+    import tvm
+
+    return str(tvm.__version__)
+
+
+class Store:
+    """Measurements of one target, TVM version and method (rows of others stay in the file, unseen)."""
+
+    def __init__(self, path: Path, target_fingerprint: str, version: str, method: str = MEASURE_METHOD) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.target = target_fingerprint
+        self.version = version
+        self.method = method
+        self._db = sqlite3.connect(path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._db.commit()
+
+    @classmethod
+    def for_target(cls, target: Target, version: str | None = None) -> Store:
+        """The target's store in the data directory, for the installed TVM unless ``version`` is given."""
+        return cls(store_path(target.name), target.fingerprint(), version or tvm_version())
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store's profiling lock: two profilers of one target would measure the same
+        keys twice and disturb each other's timings. Released when the block ends or the process dies."""
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise HwnasError(f"another profiler is using {self.path}; wait for it to finish or stop it") from None
+            yield
+
+    def _present(self) -> set[Key]:
+        rows = self._db.execute(
+            "SELECT kind, config, resolution FROM measurements WHERE target = ? AND tvm_version = ? AND method = ?",
+            (self.target, self.version, self.method),
+        )
+        return {Key(*row) for row in rows}
+
+    def missing(self, keys: Iterable[Key]) -> list[Key]:
+        """The keys not measured yet, in the given order, without duplicates."""
+        present = self._present()
+        return [key for key in dict.fromkeys(keys) if key not in present]
+
+    def add(self, key: Key, samples_ms: Sequence[float]) -> Measurement:
+        """Record one measurement and commit; a key already present keeps its first measurement."""
+        median, spread = summarize(samples_ms)
+        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._db:  # one transaction, committed on success
+            self._db.execute(
+                "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.target,
+                    self.version,
+                    self.method,
+                    key.kind,
+                    key.config,
+                    key.resolution,
+                    median,
+                    spread,
+                    len(samples_ms),
+                    when,
+                ),
+            )
+        return Measurement(key, median, spread, len(samples_ms), when)
+
+    def measurements(self, kind: str | None = None) -> list[Measurement]:
+        """All measurements of this target, TVM version and method (of one kind if given), oldest first."""
+        query = "SELECT kind, config, resolution, median_ms, spread_ms, repeats, measured_at FROM measurements"
+        query += " WHERE target = ? AND tvm_version = ? AND method = ?" + (" AND kind = ?" if kind else "")
+        params = (self.target, self.version, self.method, *([kind] if kind else []))
+        rows = self._db.execute(query + " ORDER BY rowid", params)
+        return [Measurement(Key(k, c, r), m, s, n, t) for k, c, r, m, s, n, t in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Number of measurements per kind."""
+        found = dict.fromkeys(KINDS, 0)
+        for m in self.measurements():
+            found[m.key.kind] += 1
+        return found

@@ -1,0 +1,153 @@
+"""The measurement store and the profiling driver: resume after interruption, never measure twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hwnas.errors import HwnasError
+from hwnas.space import NASBNN
+from targets.configs import LayerConfig, layer_configs, sample_configs, sample_networks
+from targets.profile import layer_jobs, network_jobs, run_jobs
+from targets.store import Key, Store, store_path, summarize
+from targets.target import load_target
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    with Store(tmp_path / "m.sqlite", "fingerprint", "0.27-test") as s:
+        yield s
+
+
+class CountingMeasure:
+    """A fake layer measure: counts calls per config, raises KeyboardInterrupt on call number ``stop_at``."""
+
+    def __init__(self, stop_at: int | None = None, fail: set[LayerConfig] | None = None) -> None:
+        self.calls: list[LayerConfig] = []
+        self.stop_at = stop_at
+        self.fail = fail or set()
+
+    def __call__(self, config: LayerConfig) -> list[float]:
+        if self.stop_at is not None and len(self.calls) == self.stop_at:
+            raise KeyboardInterrupt
+        self.calls.append(config)
+        if config in self.fail:
+            raise RuntimeError("compile failed\nwith details")
+        return [config.c_in * 1e-3, config.c_in * 1.1e-3, config.c_in * 1.2e-3]
+
+
+def test_summarize_median_and_iqr():
+    assert summarize([1.0, 2.0, 3.0, 4.0, 100.0]) == (3.0, 2.0)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_keys_are_canonical(store):
+    a = Key.of("layer", {"k": 3, "c_in": 8}, 224)
+    assert a == Key.of("layer", {"c_in": 8, "k": 3}, 224) and a.config == '{"c_in":8,"k":3}'
+    store.add(a, [1.0, 2.0, 3.0])
+    assert store.missing([Key.of("layer", {"c_in": 8, "k": 3}, 224), Key.of("layer", {"c_in": 8}, 224)]) == [
+        Key.of("layer", {"c_in": 8}, 224)
+    ]
+    with pytest.raises(ValueError, match="kind"):
+        Key.of("conv", {}, 224)
+
+
+def test_add_keeps_the_first_and_records_everything(store):
+    key = Key.of("network", NASBNN.smallest().to_json(), 224)
+    first = store.add(key, [2.0, 1.0, 3.0])
+    store.add(key, [9.0])
+    (row,) = store.measurements("network")
+    assert row == first and (row.median_ms, row.spread_ms, row.repeats) == (2.0, 1.0, 3)
+    assert store.counts() == {"layer": 0, "stem": 0, "head": 0, "network": 1}
+
+
+def test_other_tvm_version_or_target_does_not_count(store):
+    key = Key.of("layer", {"c_in": 8}, 224)
+    store.add(key, [1.0])
+    others = (
+        Store(store.path, "fingerprint", "0.28"),
+        Store(store.path, "other cpu", "0.27-test"),
+        Store(store.path, "fingerprint", "0.27-test", "kernels-0"),
+    )
+    for other in others:
+        with other:
+            assert other.missing([key]) == [key] and other.measurements() == []
+
+
+def test_interrupted_profiling_resumes_without_measuring_twice(tmp_path):
+    configs = sample_configs(layer_configs(NASBNN, 224), 12, seed=0)
+    path = tmp_path / "m.sqlite"
+    interrupted = CountingMeasure(stop_at=5)
+    with Store(path, "fp", "v") as store, pytest.raises(KeyboardInterrupt):
+        run_jobs(store, layer_jobs(configs, 224, interrupted), progress=False)
+    assert len(interrupted.calls) == 5
+    resumed = CountingMeasure()
+    with Store(path, "fp", "v") as store:  # a new process would open the file anew
+        assert len(store.measurements("layer")) == 5
+        report = run_jobs(store, layer_jobs(configs, 224, resumed), progress=False)
+        assert (report.total, report.already, report.measured) == (12, 5, 7)
+        stored = [LayerConfig.from_json(m.key.config_json()) for m in store.measurements("layer")]
+    assert sorted(interrupted.calls + resumed.calls) == sorted(configs) == sorted(stored)
+    with Store(path, "fp", "v") as store:
+        again = CountingMeasure()
+        assert run_jobs(store, layer_jobs(configs, 224, again), progress=False).measured == 0 and not again.calls
+
+
+def test_failures_are_reported_skipped_and_retried(store):
+    configs = layer_configs(NASBNN, 224)[:4]
+    flaky = CountingMeasure(fail={configs[1]})
+    report = run_jobs(store, layer_jobs(configs, 224, flaky), progress=False)
+    assert report.measured == 3 and report.failed == [(f"layer {configs[1]}", "compile failed")]
+    retry = CountingMeasure()
+    assert run_jobs(store, layer_jobs(configs, 224, retry), progress=False).measured == 1
+    assert retry.calls == [configs[1]]
+
+
+def test_a_run_of_failures_stops_the_run(store):
+    configs = layer_configs(NASBNN, 224)[:10]
+    broken = CountingMeasure(fail=set(configs))
+    report = run_jobs(store, layer_jobs(configs, 224, broken), progress=False, max_failures_in_a_row=3)
+    assert len(broken.calls) == 3 and report.measured == 0 and "3 failures in a row" in report.stopped
+    flaky = CountingMeasure(fail={configs[0], configs[2]})
+    report = run_jobs(store, layer_jobs(configs, 224, flaky), progress=False, max_failures_in_a_row=2)
+    assert report.measured == 8 and report.stopped is None
+
+
+def test_network_jobs_use_the_hook(store):
+    archs = sample_networks(NASBNN, 3, seed=2)
+    seen = []
+
+    def measure_network(arch, resolution):
+        seen.append((arch, resolution))
+        return [float(len(seen))]
+
+    report = run_jobs(store, network_jobs(archs, 160, measure_network), progress=False)
+    assert report.measured == 3 and seen == [(a, 160) for a in archs]
+    assert {m.key.resolution for m in store.measurements("network")} == {160}
+
+
+def test_one_profiler_per_store(store):
+    with store.exclusive():
+        with (
+            Store(store.path, "fingerprint", "0.27-test") as other,
+            pytest.raises(HwnasError, match="another profiler"),
+        ):
+            with other.exclusive():
+                pass
+    with store.exclusive():  # released
+        pass
+
+
+def test_store_lives_in_hwnas_home(_home):
+    target = load_target("x86-avx2")
+    assert store_path("x86-avx2") == _home / "measurements" / "x86-avx2.sqlite"
+    with Store.for_target(target, "v") as store:
+        assert store.path.is_file() and store.target == target.fingerprint()

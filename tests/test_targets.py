@@ -1,0 +1,310 @@
+"""Targets: TOML files and their errors, the layer configurations profiled, sessions local and over RPC."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from test_space import brute_force
+from tvm import rpc, te
+from tvm.rpc.tracker import Tracker
+
+from hwnas.cli import main
+from hwnas.errors import HwnasError
+from hwnas.space import NASBNN
+from targets.configs import LayerConfig, arch_configs, layer_configs, sample_configs, sample_networks
+from targets.profile import layer_jobs, run_jobs
+from targets.session import DeviceUnreachable, open_session
+from targets.store import Store
+from targets.target import TargetError, load_target, read_target, target_files, user_targets_dir
+
+VALID = """
+description = "test"
+[tvm]
+kind = "llvm"
+mcpu = "haswell"
+threads = 1
+[connection]
+kind = "rpc"
+host = "127.0.0.1"
+port = 9090
+"""
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def write_user_target(name: str, text: str) -> Path:
+    user_targets_dir().mkdir(parents=True, exist_ok=True)
+    path = user_targets_dir() / f"{name}.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rpc_target(name: str, port: int, extra: str = "") -> None:
+    write_user_target(
+        name,
+        f"""
+        [tvm]
+        kind = "llvm"
+        mtriple = "detect"
+        mcpu = "detect"
+        threads = 1
+        [connection]
+        kind = "rpc"
+        host = "127.0.0.1"
+        port = {port}
+        timeout_s = 2
+        {extra}
+        """,
+    )
+
+
+# ----------------------------------------------------------------- target files
+
+
+def test_builtin_targets(_home):
+    assert set(target_files()) == {"local", "x86-avx2", "aarch64"}
+    local = load_target("local")
+    assert local.tvm["mcpu"] == tvm.target.codegen.llvm_get_system_cpu() and local.connection.kind == "local"
+    assert str(local.tvm_target().kind) == "llvm"
+    arm = load_target("aarch64")
+    assert arm.tvm["mtriple"] == "aarch64-linux-gnu" and arm.cc == "aarch64-linux-gnu-gcc"
+    assert arm.connection.kind == "rpc" and arm.connection.port == 9090
+    assert load_target("x86-avx2").tvm_target().attrs["mcpu"] == "haswell"
+    assert user_targets_dir() == _home / "targets"
+
+
+def test_user_target_adds_and_overrides(capsys):
+    write_user_target("my-board", VALID)
+    write_user_target("aarch64", VALID.replace("9090", "9091"))
+    assert load_target("my-board").connection.port == 9090
+    assert load_target("aarch64").connection.port == 9091  # the user's file wins
+    assert main(["targets", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in data["targets"]] == ["aarch64", "local", "my-board", "x86-avx2"]
+
+
+def test_fingerprint_follows_the_file():
+    write_user_target("a", VALID)
+    write_user_target("b", VALID.replace("haswell", "skylake"))
+    assert load_target("a").fingerprint() != load_target("b").fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("[tvm]", "[tvm", "not valid TOML"),
+        ('description = "test"', "description = 3", "description: must be a string"),
+        ('description = "test"', "colour = 1", "colour: unknown key"),
+        ('kind = "llvm"', "", "tvm.kind: missing"),
+        ('kind = "llvm"', 'kind = "cuda"', "tvm.kind: only CPU targets"),
+        ('mcpu = "haswell"', "mcpu = 5", "tvm.mcpu: must be a string"),
+        ('mcpu = "haswell"', 'mattr = ["neon"]', "tvm.mattr: must be a list of strings like '+neon'"),
+        ('mcpu = "haswell"', 'mattr = "+neon"', "tvm.mattr: must be a list"),
+        ('mcpu = "haswell"', "cores = 2", "tvm.cores: unknown key"),
+        ("threads = 1", "threads = -1", "tvm.threads: must be 0"),
+        ("threads = 1", "threads = true", "tvm.threads: must be an integer"),
+        ('kind = "rpc"', 'kind = "ssh"', "connection.kind: must be one of local, rpc, tracker"),
+        ('kind = "rpc"', 'kind = "tracker"', "connection.key: missing"),
+        ("port = 9090", 'port = 9090\nkey = "pi"', "connection.key: a device key needs kind = 'tracker'"),
+        ('kind = "rpc"', 'kind = "local"', "connection.host: a local target has no address"),
+        ('host = "127.0.0.1"', "", "connection.host: missing"),
+        ("port = 9090", "port = 70000", "connection.port: must be between 1 and 65535"),
+        ("port = 9090", 'port = "9090"', "connection.port: must be an integer"),
+        ("port = 9090", "port = 9090\ntimeout_s = 0", "connection.timeout_s: must be positive"),
+        ("port = 9090", "port = 9090\n[export]\ncc = 1", "export.cc: must be a string"),
+        ("[connection]", "[connexion]", "connexion: unknown key"),
+    ],
+)
+def test_malformed_target_names_file_and_key(old, new, message):
+    assert old in VALID
+    path = write_user_target("bad", VALID.replace(old, new))
+    with pytest.raises(TargetError, match=re.escape(message)) as info:
+        load_target("bad")
+    assert str(info.value).startswith(str(path))
+
+
+def test_missing_table_and_bad_name(tmp_path):
+    path = write_user_target("bad", VALID.split("[connection]")[0])
+    with pytest.raises(TargetError, match=r"bad.toml: \[connection\]: missing table"):
+        load_target("bad")
+    odd = tmp_path / "_odd name.toml"
+    odd.write_text(VALID)
+    with pytest.raises(TargetError, match="a target name uses letters"):
+        read_target(odd)
+    assert path.exists()
+
+
+def test_cli_unknown_target_and_bad_file_are_one_line(capsys):
+    assert main(["profile", "--target", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("hwnas: error: unknown target 'nope'; known: aarch64, local, x86-avx2") and err.count("\n") == 1
+    )
+    write_user_target("bad", VALID.replace("threads = 1", "threads = -1"))
+    assert main(["targets"]) == 2
+    assert "bad.toml: tvm.threads" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- what is profiled
+
+
+@pytest.mark.parametrize("nd", [True, False])
+@pytest.mark.parametrize("resolution", [32, 17])
+def test_layer_configs_match_brute_force(tiny_space, nd, resolution):
+    space = tiny_space if nd else tiny_space.without_nd()
+    expected = {c for arch in brute_force(space) for c in arch_configs(arch, resolution)}
+    assert layer_configs(space, resolution) == sorted(expected)
+
+
+def test_layer_configs_of_nasbnn():
+    configs = layer_configs(NASBNN, 224)
+    assert len(configs) == len(set(configs)) == 252
+    for arch in (NASBNN.largest(), NASBNN.smallest()):
+        assert set(arch_configs(arch, 224)) <= set(configs)
+    assert LayerConfig.from_json(configs[7].to_json()) == configs[7]
+
+
+def test_samples_are_seeded_and_grow_by_prefix():
+    configs = layer_configs(NASBNN, 224)
+    small, large = sample_configs(configs, 10, 3), sample_configs(configs, 40, 3)
+    assert small == sample_configs(configs, 10, 3) and set(small) <= set(large)
+    assert small != sample_configs(configs, 10, 4)
+    assert sample_configs(configs, None, 3) == configs
+    nets = sample_networks(NASBNN, 5, 1)
+    assert nets == sample_networks(NASBNN, 5, 1) and len(set(nets)) == 5
+
+
+# ----------------------------------------------------------------- sessions
+
+
+def add_one() -> tvm.runtime.Executable:
+    a = te.placeholder((64,), name="a")
+    b = te.compute((64,), lambda i: a[i] + 1.0, name="b")
+    return tvm.compile(te.create_prim_func([a, b]), target=load_target("local").tvm_target())
+
+
+def run_add(session) -> tuple[np.ndarray, list[float]]:
+    mod = session.load(add_one())
+    a = session.tensor(np.arange(64, dtype="float32"))
+    b = session.tensor(np.zeros(64, "float32"))
+    times = session.time_ms(mod, [a, b], repeat=3, min_repeat_ms=1)
+    return b.numpy(), times
+
+
+def test_local_session():
+    with open_session(load_target("local")) as session:
+        out, times = run_add(session)
+    assert not session.is_remote
+    np.testing.assert_array_equal(out, np.arange(64) + 1)
+    assert len(times) == 3 and all(t > 0 for t in times)
+
+
+@pytest.fixture
+def rpc_server():
+    server = rpc.Server(host="127.0.0.1", port=free_port(), port_end=65535, silent=True)
+    yield server
+    server.terminate()
+
+
+def test_rpc_session_uploads_and_times(rpc_server):
+    rpc_target("loopback", rpc_server.port)
+    with open_session(load_target("loopback")) as session:
+        out, times = run_add(session)
+        assert session.is_remote
+    np.testing.assert_array_equal(out, np.arange(64) + 1)
+    assert len(times) == 3 and all(t > 0 for t in times)
+
+
+def test_tracker_session():
+    tracker = Tracker(host="127.0.0.1", port=free_port(), port_end=65535, silent=True)
+    server = rpc.Server(
+        host="127.0.0.1",
+        port=free_port(),
+        port_end=65535,
+        tracker_addr=("127.0.0.1", tracker.port),
+        key="t1",
+        silent=True,
+    )
+    try:
+        write_user_target(
+            "pool",
+            f"""
+            [tvm]
+            kind = "llvm"
+            mcpu = "detect"
+            [connection]
+            kind = "tracker"
+            host = "127.0.0.1"
+            port = {tracker.port}
+            key = "t1"
+            """,
+        )
+        with open_session(load_target("pool")) as session:
+            out, _ = run_add(session)
+        np.testing.assert_array_equal(out, np.arange(64) + 1)
+    finally:
+        server.terminate()
+        tracker.terminate()
+
+
+def test_unreachable_device_is_a_clear_error(capsys):
+    port = free_port()  # nothing listens there
+    rpc_target("gone", port)
+    with pytest.raises(DeviceUnreachable, match=f"cannot reach the RPC server at 127.0.0.1:{port}"):
+        with open_session(load_target("gone")):
+            pass
+    assert main(["profile", "--target", "gone", "--layers", "1"]) == 2
+    assert "cannot reach the RPC server" in capsys.readouterr().err
+
+
+def test_missing_network_compiler_is_reported(monkeypatch):
+    monkeypatch.setitem(sys.modules, "hwnas.compile.network", None)  # as if not merged
+    from targets.measure_tvm import network_measure
+
+    with (
+        open_session(load_target("local")) as session,
+        pytest.raises(HwnasError, match=r"needs hwnas\.compile\.network"),
+    ):
+        network_measure(session)
+
+
+def test_layer_kernels_profiled_through_rpc(rpc_server):
+    pytest.importorskip("hwnas.compile.binconv")
+    from targets.measure_tvm import layer_measure
+
+    rpc_target("loopback", rpc_server.port)
+    target = load_target("loopback")
+    configs = [LayerConfig(96, 128, 3, 2, 2, 16), LayerConfig(384, 384, 5, 8, 1, 7)]
+    with Store.for_target(target) as store, open_session(target) as session:
+        report = run_jobs(store, layer_jobs(configs, 32, layer_measure(session, repeat=3, min_repeat_ms=1)))
+        assert report.measured == 2 and not report.failed
+        assert all(m.median_ms > 0 and m.repeats == 3 for m in store.measurements("layer"))
+
+
+def test_cli_profile_resumes(capsys):
+    pytest.importorskip("hwnas.compile.binconv")
+    argv = ["profile", "--target", "local", "--layers", "2", "--resolution", "32", "--repeat", "2", "--json"]
+    assert main([*argv, "--min-repeat-ms", "1"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["runs"]["layers"]["measured"] == 2 and first["stored"]["layer"] == 2
+    assert main([*argv, "--min-repeat-ms", "1"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["runs"] == {} and second["stored"]["layer"] == 2
