@@ -91,7 +91,7 @@ def build_module(net: FoldedNet, target: tvm.target.Target) -> tuple[tvm.IRModul
             logits = b.call(
                 head,
                 "head",
-                [x, _const(net.head_weight), _const(net.head_bias)],
+                [x, _const(net.head_weight.T), _const(net.head_bias)],
                 (1, net.num_classes),
                 "float32",
                 "head",

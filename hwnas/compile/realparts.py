@@ -54,18 +54,30 @@ def stem_kernel(c: int, resolution: int) -> tirx.PrimFunc:
 
 
 def head_kernel(c: int, size: int, classes: int) -> tirx.PrimFunc:
-    """PrimFunc(x [size, size, c], weight [classes, c], bias [classes], logits [1, classes]):
-    global average pooling, then the full-precision classifier."""
+    """PrimFunc(x [size, size, c], weight [c, classes] (transposed), bias [classes], logits [1, classes]):
+    global average pooling, then the full-precision classifier.
+
+    Both reductions keep their reduced axis outermost and vectorise over the contiguous one
+    (channels for the pooling, classes for the classifier), so no horizontal sums are needed; the
+    classifier, which reads its whole weight matrix once per image, runs on every core.
+    """
     x = te.placeholder((size, size, c), "float32", name="x")
-    weight = te.placeholder((classes, c), "float32", name="weight")
+    weight = te.placeholder((c, classes), "float32", name="weight")
     bias = te.placeholder((classes,), "float32", name="bias")
     ry = te.reduce_axis((0, size), name="ry")
     rx = te.reduce_axis((0, size), name="rx")
     total = te.compute((c,), lambda o: te.sum(x[ry, rx, o], axis=[ry, rx]), name="total")
     pooled = te.compute((c,), lambda o: total[o] / tirx.const(size * size, "float32"), name="pooled")
     rc = te.reduce_axis((0, c), name="rc")
-    dot = te.compute((1, classes), lambda _, j: te.sum(pooled[rc] * weight[j, rc], axis=rc), name="dot")
+    dot = te.compute((1, classes), lambda _, j: te.sum(pooled[rc] * weight[rc, j], axis=rc), name="dot")
     logits = te.compute((1, classes), lambda _, j: dot[0, j] + bias[j], name="logits")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, bias, logits]))
-    sch.parallel(sch.get_loops(sch.get_sblock("dot"))[1])
+    o, r_y, r_x = sch.get_loops(sch.get_sblock("total"))
+    sch.reorder(r_y, r_x, o)
+    sch.vectorize(o)
+    _, j, r_c = sch.get_loops(sch.get_sblock("dot"))
+    j_out, j_in = sch.split(j, [None, 16])
+    sch.reorder(j_out, r_c, j_in)
+    sch.vectorize(j_in)
+    sch.parallel(j_out)
     return sch.mod["main"]
