@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from hwnas import __version__
-from hwnas.commands import pipeline, space_cmds
+from hwnas.commands import pipeline, space_cmds, train_cmds
 from hwnas.errors import HwnasError
 
-COMMANDS = (space_cmds, pipeline)
+COMMANDS = (space_cmds, pipeline, train_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:
