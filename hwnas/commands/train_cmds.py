@@ -9,6 +9,7 @@ from pathlib import Path
 from hwnas.commands.output import add_json_flag, emit, log
 from hwnas.errors import HwnasError
 from hwnas.train.config import add_override_flags, overrides, resolve
+from hwnas.train.distributed import set_threads
 from hwnas.train.evaluate import evaluate_subnet, summarize
 from hwnas.train.finetune import finetune, finetune_config
 from hwnas.train.plot import plot_run
@@ -55,7 +56,7 @@ def _metrics_text(metrics: dict) -> str:
 def cmd_train(args: argparse.Namespace) -> None:
     cli = overrides(args)
     config = resolve_for_resume(args.out, cli, args.config) if args.resume else resolve(args.config, cli)
-    metrics = train_supernet(config, args.out, args.resume)
+    _, metrics = train_supernet(config, args.out, args.resume)
     emit(args, {"run_dir": str(args.out), **metrics}, f"run {args.out}\n{_metrics_text(metrics)}")
 
 
@@ -63,6 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if (args.arch is None) == (args.random is None):
         raise HwnasError("eval needs either an ARCH file or --random N")
     run = load_run(args.run_dir)
+    set_threads(run.config.threads)
     calib, batches = run.calibration_batches(), run.batches(args.split)
     if args.arch is not None:
         arch = run.space.load(args.arch)

@@ -10,6 +10,10 @@ full width is about 10x slower per image and learns 8x8 digits no better), batch
 ``base_lr = 8e-3`` at 512 (so lr 1e-3 at batch 64: with ~20 steps per epoch the paper's 6e-5
 would barely move the weights within the time budget), 40 epochs, 1 warm-up epoch. Every key can
 be set in the file or on the command line; the resolved values are saved in the run directory.
+
+``threads = 1``: on a small CPU shared with other jobs, two OpenMP threads per process made a
+sandwich step 10-40x slower (spinning threads preempted), one thread was as fast as two on an idle
+machine; torchrun also gives each process one thread. Set 0 for torch's default on a dedicated host.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class TrainConfig:
     split_seed: int = 0  # the train / val / test split
     val_per_class: int = 50  # ImageFolder: held-out search images per class, carved from train/
     workers: int = 0  # data-loading processes (0: in the main process, bit-exact resume)
+    threads: int = 1  # torch intra-op threads per process (0: torch's default); see the module docstring
     checkpoint_minutes: float = 10.0  # also checkpoint this often within an epoch
     eval_every: int = 1  # epochs between validation of the largest and smallest subnets
     calib_batches: int = 8  # training batches for BatchNorm recalibration

@@ -21,8 +21,15 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed() -> Dist:
+def set_threads(threads: int) -> None:
+    """Torch's intra-op threads for this process (0 keeps torch's default)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def init_distributed(threads: int = 0) -> Dist:
     """Join the process group torchrun describes in the environment, if any."""
+    set_threads(threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -65,7 +65,7 @@ def finetune_config(run: Run, cli: dict[str, Any]) -> TrainConfig:
 
 def finetune(run: Run, arch: Arch, config: TrainConfig, out_dir: Path, resume: bool = False) -> dict:
     """Finetune ``arch`` from ``run``'s supernet into ``out_dir``; returns the last epoch's metrics."""
-    d = init_distributed()
+    d = init_distributed(config.threads)
     has_checkpoint = (out_dir / FILENAME).exists()
     if resume and not has_checkpoint:
         raise HwnasError(f"nothing to resume: no checkpoint in {out_dir}")

@@ -140,7 +140,7 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
             for key, value in {"loss": loss.detach(), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
             rate = images / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{float(loss):.3f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{rate:.0f}")
             bar.update()
             if config.max_steps and pos.global_step >= config.max_steps:
                 break

@@ -73,9 +73,9 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(run_dir, config, config_space(config), supernet.eval(), splits, state["position"]["epoch"])
 
 
-def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
-    """Train (or resume) a supernet into ``run_dir``; returns the last epoch's metrics."""
-    d = init_distributed()
+def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> tuple[BinaryNet, dict]:
+    """Train (or resume) a supernet into ``run_dir``; returns it and the last epoch's metrics."""
+    d = init_distributed(config.threads)
     has_checkpoint = (run_dir / FILENAME).exists()
     if resume and not has_checkpoint:
         raise HwnasError(f"nothing to resume: no checkpoint in {run_dir}")
@@ -94,7 +94,7 @@ def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> 
             f"training a supernet on {config.data}: {len(splits.train)} train / {len(splits.val)} val images, "
             f"lr {config.lr:.3g}"
         )
-    return train_loop(objective, config, data, run_dir, d, resume)
+    return supernet, train_loop(objective, config, data, run_dir, d, resume)
 
 
 def _prepare_dir(run_dir: Path, config: TrainConfig, splits: Splits, d: Dist) -> None:
