@@ -22,6 +22,7 @@ from hwnas.train.config import TrainConfig, coerce, load_toml
 from hwnas.train.data import Splits, build_splits, load_indices, save_indices
 from hwnas.train.distributed import Dist, init_distributed
 from hwnas.train.evaluate import preload
+from hwnas.train.init import init_thresholds
 from hwnas.train.loop import LoopData, train_loop
 from hwnas.train.sandwich import Sandwich
 from hwnas.train.supernet import build_model, config_space
@@ -86,8 +87,13 @@ def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> 
     _prepare_dir(run_dir, config, splits, d)
     torch.manual_seed(config.seed)
     supernet = build_model(config, splits.num_classes)
-    objective = Sandwich(supernet, config_space(config), config)
+    space = config_space(config)
+    objective = Sandwich(supernet, space, config)
     calib = preload(splits.train, config.batch_size, config.calib_batches, config.seed)
+    if not resume:
+        supernet.set_active(space.largest())
+        supernet.set_mode(config.teacher)
+        init_thresholds(supernet, calib[0][0])
     data = LoopData(splits.train, calib, preload(splits.val, config.batch_size))
     if d.main:
         log(
