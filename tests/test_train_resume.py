@@ -20,9 +20,9 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 def test_resume_mid_epoch_equals_uninterrupted(tmp_path: Path) -> None:
-    config = tiny(epochs=2)
+    config = tiny(epochs=1)
     whole, _ = train_supernet(config, tmp_path / "whole")
-    train_supernet(tiny(epochs=2, max_steps=7), tmp_path / "cut")  # stops mid-epoch 1, as if killed
+    train_supernet(tiny(epochs=1, max_steps=7), tmp_path / "cut")  # stops mid-epoch 1, as if killed
     cut = load_checkpoint(tmp_path / "cut" / FILENAME)
     assert cut["position"]["global_step"] == 7 and cut["position"]["step"] == 7
     resumed, _ = train_supernet(config, tmp_path / "cut", resume=True)
