@@ -41,6 +41,7 @@ def test_two_gloo_processes_stay_identical(tmp_path: Path) -> None:
     saved = load_checkpoint(tmp_path / "run" / FILENAME)
     assert saved["position"]["global_step"] == 3
     for name, tensor in ranks[0]["state"].items():
-        assert torch.equal(tensor, ranks[1]["state"][name]), name
-        assert torch.equal(tensor, saved["model"][name]), name
+        assert torch.equal(tensor, saved["model"][name]), name  # rank 0 wrote the checkpoint
+        if "running_" not in name:  # BN statistics stay per process; parameters must agree
+            assert torch.equal(tensor, ranks[1]["state"][name]), name
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.json", "splits.json"]

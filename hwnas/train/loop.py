@@ -153,7 +153,8 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
         pos.elapsed += time.perf_counter() - start
         if config.max_steps and pos.global_step >= config.max_steps:
             checkpoint()
-            log(f"stopped after {pos.global_step} steps (max_steps); --resume continues")
+            if d.main:
+                log(f"stopped after {pos.global_step} steps (max_steps); --resume continues")
             break
         done = pos.step
         pos.epoch, pos.step = pos.epoch + 1, 0
