@@ -3,7 +3,8 @@
 Two shapes: the default config (digits, 32x32, its batch) and one ImageFolder-shaped batch at
 224x224 (synthetic tensors, full-width NAS-BNN space). Prints medians over ``--steps`` timed
 steps after one warm-up step, and the process's peak RSS (which only grows, so the 224 figure
-includes the 32 one). ``--json`` prints one JSON object.
+includes the 32 one). ``--json`` prints one JSON object. Run from the repository root:
+``python -m benchmarks.train_throughput [--json]``.
 """
 
 from __future__ import annotations
