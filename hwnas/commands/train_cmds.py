@@ -9,7 +9,7 @@ from pathlib import Path
 from hwnas.commands.output import add_json_flag, emit, log
 from hwnas.errors import HwnasError
 from hwnas.train.config import add_override_flags, overrides, resolve
-from hwnas.train.distributed import set_threads
+from hwnas.train.distributed import is_main_process, set_threads
 from hwnas.train.evaluate import evaluate_subnet, summarize
 from hwnas.train.finetune import finetune, finetune_config
 from hwnas.train.plot import plot_run
@@ -57,7 +57,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     cli = overrides(args)
     config = resolve_for_resume(args.out, cli, args.config) if args.resume else resolve(args.config, cli)
     _, metrics = train_supernet(config, args.out, args.resume)
-    emit(args, {"run_dir": str(args.out), **metrics}, f"run {args.out}\n{_metrics_text(metrics)}")
+    if is_main_process():
+        emit(args, {"run_dir": str(args.out), **metrics}, f"run {args.out}\n{_metrics_text(metrics)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -95,7 +96,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     arch = run.space.load(args.arch)
     out = args.out or args.run_dir / f"finetune-{args.arch.stem}"
     metrics = finetune(run, arch, finetune_config(run, overrides(args)), out, args.resume)
-    emit(args, {"out": str(out), **metrics}, f"finetuned {arch}\n{_metrics_text(metrics)}")
+    if is_main_process():
+        emit(args, {"out": str(out), **metrics}, f"finetuned {arch}\n{_metrics_text(metrics)}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

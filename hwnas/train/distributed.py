@@ -43,6 +43,11 @@ def init_distributed(threads: int = 0) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), device)
 
 
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 inside it: only that process prints results."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()
