@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from subprocess import DEVNULL
 
 import pytest
 import torch
@@ -72,3 +77,26 @@ def test_atomic_save_leaves_no_temporary_files(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / FILENAME, {"x": 2})
     assert [p.name for p in tmp_path.iterdir()] == [FILENAME]
     assert load_checkpoint(tmp_path / FILENAME)["x"] == 2
+
+
+def test_killed_process_resumes_from_its_last_timed_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL a real training process mid-epoch; the resumed run still equals an uninterrupted one."""
+    config = tiny(epochs=1, checkpoint_minutes=0.0)  # a timed checkpoint after every step
+    whole, _ = train_supernet(config, tmp_path / "whole")
+    run_dir = tmp_path / "killed"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in config.to_json().items() if not isinstance(v, bool)]
+    proc = subprocess.Popen([sys.executable, "-m", "hwnas", "train", "--out", str(run_dir), *flags], stderr=DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run_dir / FILENAME).exists() and load_checkpoint(run_dir / FILENAME)["position"]["step"] >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    step = load_checkpoint(run_dir / FILENAME)["position"]["step"]
+    assert 3 <= step < 19
+    resumed, _ = train_supernet(config, run_dir, resume=True)
+    _assert_same(whole.state_dict(), resumed.state_dict())
