@@ -1,0 +1,85 @@
+"""Pipeline 2: extract a subnet from a trained supernet and finetune it on its own.
+
+The subnet trains in BWBA mode. With distillation on (the run's default) it learns the soft
+labels of the supernet's largest subnet in the run's teacher mode (FWBA), a frozen copy whose
+BN statistics are recalibrated first; otherwise cross-entropy. The paper's lr is 1e-5 at batch
+512, scaled linearly like the supernet's (:mod:`hwnas.train.config`). It reuses the supernet's
+loop, checkpoints and resume; the output directory also keeps ``arch.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwnas.arch import Arch
+from hwnas.errors import HwnasError
+from hwnas.model import BinaryNet, Mode
+from hwnas.train.checkpoint import FILENAME
+from hwnas.train.config import FINETUNE_DEFAULTS, TrainConfig, coerce
+from hwnas.train.distributed import init_distributed
+from hwnas.train.evaluate import accuracy, calibrated_subnet
+from hwnas.train.loop import LoopData, train_loop
+from hwnas.train.run import CONFIG, Run
+from hwnas.train.sandwich import distill_loss
+
+
+class Finetune(nn.Module):
+    def __init__(self, subnet: BinaryNet, teacher: BinaryNet | None) -> None:
+        super().__init__()
+        self.trainable = subnet
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+
+    def plan(self) -> None:
+        return None
+
+    def sampler_state(self) -> Any:
+        return None
+
+    def load_sampler_state(self, state: Any) -> None:
+        pass
+
+    def forward(self, x: Tensor, y: Tensor, plan: None) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.trainable(x)
+        if self.teacher is None:
+            return F.cross_entropy(out, y), {}
+        with torch.no_grad():
+            soft = self.teacher.eval()(x)
+        return distill_loss(out, soft), {}
+
+    def evaluate(self, calib: list, val: list) -> dict[str, float]:
+        return {"val_acc": accuracy(self.trainable, val, next(self.trainable.parameters()).device)}
+
+
+def finetune_config(run: Run, cli: dict[str, Any]) -> TrainConfig:
+    """The run's config with the finetuning defaults, then the command line."""
+    return coerce(coerce(run.config, FINETUNE_DEFAULTS, "finetune defaults"), cli, "command line")
+
+
+def finetune(run: Run, arch: Arch, config: TrainConfig, out_dir: Path, resume: bool = False) -> dict:
+    """Finetune ``arch`` from ``run``'s supernet into ``out_dir``; returns the last epoch's metrics."""
+    d = init_distributed(config.threads)
+    has_checkpoint = (out_dir / FILENAME).exists()
+    if resume and not has_checkpoint:
+        raise HwnasError(f"nothing to resume: no checkpoint in {out_dir}")
+    if not resume and has_checkpoint:
+        raise HwnasError(f"{out_dir} already holds a finetuning run; pass --resume or choose another --out")
+    calib = run.calibration_batches()
+    teacher = None
+    if config.distill:
+        teacher = calibrated_subnet(run.supernet, run.space.largest(), calib, Mode(config.teacher), d.device)
+    subnet = calibrated_subnet(run.supernet, arch, calib, Mode.BWBA, d.device)
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config.save(out_dir / CONFIG)
+        (out_dir / "arch.json").write_text(json.dumps(arch.to_json()) + "\n")
+    torch.manual_seed(config.seed)
+    data = LoopData(run.splits.train, calib, run.batches("val"), {"arch": arch.to_json(), "supernet": str(run.run_dir)})
+    return train_loop(Finetune(subnet, teacher), config, data, out_dir, d, resume)

@@ -1,0 +1,185 @@
+"""The training loop shared by supernet training and finetuning.
+
+An :class:`Objective` is the module DDP wraps: ``forward(x, y, plan)`` returns the step's total
+loss and its parts, so however many subnets a step runs, DDP sees one forward and one backward
+(``find_unused_parameters=True``, since a step's subnets never touch every shared weight). The
+``plan`` (which subnets) is drawn by ``objective.plan()`` from a seeded RNG that every process
+holds in the same state, so all ranks run the same subnets without communicating.
+
+Resume is exact: a checkpoint holds the model, optimizer, scheduler, the plan RNG, torch's RNG,
+and the position (epoch, step within it). The data order of an epoch is a pure function of
+(seed, epoch) (``DistributedSampler``, also with one process), so a resumed epoch skips the
+batches already done and continues with the same images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from hwnas.commands.output import log
+from hwnas.train.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from hwnas.train.config import TrainConfig
+from hwnas.train.distributed import Dist, barrier
+from hwnas.train.optim import build_optimizer, build_scheduler
+
+METRICS = "metrics.jsonl"
+
+
+class Objective(Protocol):
+    """What the loop trains: see the module docstring."""
+
+    trainable: nn.Module  # its parameters are optimized and its state is checkpointed
+
+    def plan(self) -> Any: ...
+    def sampler_state(self) -> Any: ...
+    def load_sampler_state(self, state: Any) -> None: ...
+    def evaluate(self, calib: list, val: list) -> dict[str, float]: ...
+    def __call__(self, x: Tensor, y: Tensor, plan: Any) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    step: int = 0  # within the epoch
+    global_step: int = 0
+    elapsed: float = 0.0  # seconds of training, over all resumed sessions
+
+
+@dataclass
+class LoopData:
+    train: Dataset
+    calib: list  # preloaded training batches for BN recalibration
+    val: list  # preloaded validation batches
+    extra: dict[str, Any] = field(default_factory=dict)  # saved in every checkpoint (e.g. the arch)
+
+
+def epoch_indices(dataset: Dataset, config: TrainConfig, d: Dist, epoch: int) -> list[int]:
+    """This rank's image order for ``epoch``: a function of (seed, epoch) only."""
+    sampler = DistributedSampler(dataset, d.world, d.rank, shuffle=True, seed=config.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_dir: Path, d: Dist, resume: bool) -> dict:
+    """Train ``objective`` as configured, checkpointing into ``run_dir``; returns the last metrics."""
+    if config.batch_size % d.world:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
+    batch = config.batch_size // d.world
+    steps_per_epoch = len(epoch_indices(data.train, config, d, 0)) // batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has fewer than {config.batch_size} images; lower batch_size")
+    trainable = objective.trainable
+    optimizer = build_optimizer(trainable, config.lr, config.weight_decay)
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    scheduler = build_scheduler(optimizer, config.epochs * steps_per_epoch, warmup)
+    pos = Position()
+    path = run_dir / FILENAME
+    if resume:
+        state = load_checkpoint(path)
+        trainable.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        objective.load_sampler_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        pos = Position(**state["position"])
+        if d.main:
+            _trim_metrics(run_dir / METRICS, pos.epoch)
+            log(f"resuming {run_dir} at epoch {pos.epoch + 1}, step {pos.step} ({pos.global_step} steps done)")
+    trainable.to(d.device)
+    model = objective
+    if d.world > 1:
+        ids = [d.device.index] if d.device.type == "cuda" else None
+        model = DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
+
+    def checkpoint() -> None:
+        if d.main:
+            save_checkpoint(
+                path,
+                {
+                    "config": config.to_json(),
+                    "model": trainable.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "sampler": objective.sampler_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "position": vars(pos).copy(),
+                    **data.extra,
+                },
+            )
+
+    last = {}
+    last_save = time.monotonic()
+    while pos.epoch < config.epochs:
+        indices = epoch_indices(data.train, config, d, pos.epoch)[pos.step * batch : steps_per_epoch * batch]
+        loader = DataLoader(data.train, batch_size=batch, sampler=indices, num_workers=config.workers, drop_last=True)
+        totals: dict[str, float] = {}
+        images, start = 0, time.perf_counter()
+        bar = tqdm(
+            total=steps_per_epoch, initial=pos.step, desc=f"epoch {pos.epoch + 1}/{config.epochs}", disable=not d.main
+        )
+        for x, y in loader:
+            trainable.train()
+            loss, parts = model(x.to(d.device), y.to(d.device), objective.plan())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            pos.step += 1
+            pos.global_step += 1
+            images += len(y) * d.world
+            for key, value in {"loss": loss.detach(), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            rate = images / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{rate:.0f}")
+            bar.update()
+            if config.max_steps and pos.global_step >= config.max_steps:
+                break
+            if time.monotonic() - last_save > config.checkpoint_minutes * 60:
+                pos.elapsed += time.perf_counter() - start
+                start, images = time.perf_counter(), 0
+                checkpoint()
+                last_save = time.monotonic()
+        bar.close()
+        pos.elapsed += time.perf_counter() - start
+        if config.max_steps and pos.global_step >= config.max_steps:
+            checkpoint()
+            if d.main:
+                log(f"stopped after {pos.global_step} steps (max_steps); --resume continues")
+            break
+        done = pos.step
+        pos.epoch, pos.step = pos.epoch + 1, 0
+        last = {
+            "epoch": pos.epoch,
+            "step": pos.global_step,
+            "lr": scheduler.get_last_lr()[0],
+            "images_per_s": images / max(time.perf_counter() - start, 1e-9) if images else None,
+            "elapsed_s": pos.elapsed,
+            **{key: value / max(done, 1) for key, value in totals.items()},
+        }
+        if d.main and (pos.epoch % config.eval_every == 0 or pos.epoch == config.epochs):
+            last.update(objective.evaluate(data.calib, data.val))
+        if d.main:
+            with (run_dir / METRICS).open("a") as f:
+                f.write(json.dumps(last) + "\n")
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+        checkpoint()
+        last_save = time.monotonic()
+    barrier(d)
+    return last
+
+
+def _trim_metrics(path: Path, epochs_done: int) -> None:
+    """Drop metric lines of epochs the resumed run will redo."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
+        path.write_text("".join(line + "\n" for line in keep))

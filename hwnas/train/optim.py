@@ -1,0 +1,42 @@
+"""Adam with cosine decay and linear warm-up, stepped once per training step.
+
+Weight decay applies only to conv and linear weights. BatchNorm parameters, biases, RSign
+thresholds, RPReLU shifts and slopes, the LSQ step and the Bi-Transformation matrices get none:
+the first ones are scales and offsets that decay would bias towards zero; a Bi-Transformation
+matrix starts at the identity and feeds a sign, which ignores its scale, so decay would only
+shrink it towards a degenerate all-zero transform and raise its effective learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    return param.dim() > 1 and name.rsplit(".", 1)[-1] == "weight"
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+    ]
+    return torch.optim.Adam(groups, lr=lr)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,79 @@
+"""The supernet objective: sandwich rule with Bi-Teacher and in-place distillation (paper 3.3).
+
+One step runs the largest subnet as teacher in the configured mode (FWBA, the Bi-Teacher, by
+default) with cross-entropy on the labels, then the smallest and ``num_random`` uniformly random
+subnets in BWBA mode, each with KL(teacher || student) on the teacher's detached soft labels (or
+cross-entropy on the labels when distillation is off). The losses are summed and back-propagated
+once. All of it is one ``forward`` so DDP wraps the step as a whole (see :mod:`hwnas.train.loop`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwnas.arch import Arch
+from hwnas.model import BinaryNet, Mode
+from hwnas.space import SearchSpace
+from hwnas.train.config import TrainConfig
+from hwnas.train.evaluate import evaluate_subnet
+
+
+def distill_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """KL divergence of the student's prediction from the teacher's soft labels (teacher detached)."""
+    return F.kl_div(
+        F.log_softmax(student, 1), F.log_softmax(teacher.detach(), 1), reduction="batchmean", log_target=True
+    )
+
+
+class Sandwich(nn.Module):
+    def __init__(self, supernet: BinaryNet, space: SearchSpace, config: TrainConfig) -> None:
+        super().__init__()
+        self.trainable = supernet
+        self.space, self.config = space, config
+        self.teacher_mode = Mode(config.teacher)
+        self.rng = random.Random(config.seed)
+
+    def plan(self) -> list[Arch]:
+        """Largest, smallest, then the random subnets of this step."""
+        return [self.space.largest(), self.space.smallest()] + [
+            self.space.sample(self.rng) for _ in range(self.config.num_random)
+        ]
+
+    def sampler_state(self) -> Any:
+        return self.rng.getstate()
+
+    def load_sampler_state(self, state: Any) -> None:
+        version, internal, gauss = state
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    def forward(self, x: Tensor, y: Tensor, plan: list[Arch]) -> tuple[Tensor, dict[str, Tensor]]:
+        net = self.trainable
+        net.set_active(plan[0])
+        net.set_mode(self.teacher_mode)
+        teacher = net(x)
+        teacher_loss = F.cross_entropy(teacher, y)
+        net.set_mode(Mode.BWBA)
+        student_losses = []
+        for arch in plan[1:]:
+            net.set_active(arch)
+            out = net(x)
+            student_losses.append(distill_loss(out, teacher) if self.config.distill else F.cross_entropy(out, y))
+        parts = {"loss_teacher": teacher_loss.detach()}
+        if student_losses:
+            parts["loss_smallest"] = student_losses[0].detach()
+        return teacher_loss + sum(student_losses), parts
+
+    def evaluate(self, calib: list, val: list) -> dict[str, float]:
+        """Validation accuracy of the largest and smallest subnets (BWBA, BN recalibrated)."""
+        return {
+            f"val_acc_{name}": evaluate_subnet(self.trainable, arch, calib, val, device=_device(self.trainable))
+            for name, arch in (("largest", self.space.largest()), ("smallest", self.space.smallest()))
+        }
+
+
+def _device(module: nn.Module) -> Any:
+    return next(module.parameters()).device

@@ -1,0 +1,72 @@
+"""The sandwich step learns: its loss falls on a fixed batch, on a tiny space and on the real one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hwnas.model import Mode
+from hwnas.space import NASBNN
+from hwnas.train.config import TrainConfig
+from hwnas.train.init import init_thresholds
+from hwnas.train.optim import build_optimizer, decays
+from hwnas.train.sandwich import Sandwich
+from hwnas.train.supernet import build_model, config_space, scaled_space
+from tests.conftest import tiny
+
+
+def _losses(config: TrainConfig, steps: int, batch: int) -> list[float]:
+    torch.manual_seed(0)
+    net = build_model(config, 10)
+    objective = Sandwich(net, config_space(config), config)
+    optimizer = build_optimizer(net, config.lr, config.weight_decay)
+    x = torch.randn(batch, 3, config.resolution, config.resolution)
+    y = torch.arange(batch) % 10
+    net.set_mode(config.teacher)
+    init_thresholds(net, x)
+    losses = []
+    for _ in range(steps):
+        loss, _ = objective(x, y, objective.plan())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_loss_falls_on_a_fixed_batch() -> None:
+    losses = _losses(tiny(num_random=0, base_lr=0.008), steps=20, batch=20)
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+
+
+def test_loss_falls_on_the_real_space() -> None:
+    config = TrainConfig(width_mult=1.0, resolution=16, num_random=0, batch_size=8, base_lr=0.016)
+    losses = _losses(config, steps=5, batch=8)
+    assert min(losses[1:]) < losses[0], losses
+
+
+def test_sandwich_runs_largest_teacher_then_students() -> None:
+    config = tiny(num_random=2, teacher="bwba")
+    objective = Sandwich(build_model(config, 10), config_space(config), config)
+    plan = objective.plan()
+    space = config_space(config)
+    assert plan[:2] == [space.largest(), space.smallest()] and len(plan) == 4
+    assert objective.teacher_mode is Mode.BWBA
+    assert objective.plan()[2:] != plan[2:]  # the random subnets change per step
+
+
+def test_no_weight_decay_on_norms_thresholds_and_transforms() -> None:
+    net = build_model(tiny(), 10)
+    decayed = {name for name, p in net.named_parameters() if decays(name, p)}
+    assert "stem.weight" in decayed and "classifier.weight" in decayed
+    assert "stages.0.0.conv1.weight" in decayed
+    for name in ("stem.step", "stem.bn.weight", "classifier.bias", "stages.1.0.rsign1.threshold"):
+        assert name not in decayed
+    assert not any("theta" in n or "act" in n or "bn" in n for n in decayed)
+
+
+def test_width_multiplier_keeps_the_space_valid() -> None:
+    space = scaled_space(NASBNN, 0.25)
+    assert space.largest().stages[-1][-1].c == 384 and space.count() == NASBNN.count()
+    with pytest.raises(Exception, match="unusable space"):
+        scaled_space(NASBNN, 0.01)
