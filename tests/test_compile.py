@@ -201,3 +201,19 @@ def test_aarch64_cross_compiled_network(tmp_path):
     path = export(compile_subnet(subnet, 32, tvm_targets.get_target("aarch64")), tmp_path / "net.so")
     header = path.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
+def test_compile_trained_run_weights(toy_run, tmp_path, capsys):
+    from hwnas.train.run import load_run
+
+    run = load_run(toy_run)
+    arch_path = tmp_path / "arch.json"
+    arch_path.write_text(run.space.sample(random.Random(3)).dumps())
+    code = main(
+        ["compile", str(arch_path), "--weights", str(toy_run), "-o", str(tmp_path / "m.so"), "--verify", "--json"]
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["verified"] and data["resolution"] == run.config.resolution
+    arch_path.write_text(NASBNN.smallest().dumps())  # full-width arch: not in the run's quarter-width space
+    assert main(["compile", str(arch_path), "--weights", str(toy_run), "-o", str(tmp_path / "m.so")]) == 2
+    assert "not in" in capsys.readouterr().err
