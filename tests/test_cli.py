@@ -70,12 +70,32 @@ def test_bad_arch_gives_one_line_and_exit_2(capsys, tmp_path, command, content, 
     assert err.count("\n") == 1 and err.startswith("hwnas: error: ") and message in err
 
 
-def test_pipeline_json(capsys, tmp_path):
-    code, out, err = run(capsys, "pipeline", "--out", str(tmp_path), "--resolution", "32", "--classes", "10", "--json")
+def test_pipeline_runs_and_reuses_finished_steps(capsys, tmp_path):
+    argv = [
+        "pipeline",
+        "--out",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--width-mult",
+        "0.125",
+        "--resolution",
+        "16",
+        "--num-random",
+        "0",
+        "--json",
+    ]
+    code, out, err = run(capsys, *argv)
     data = json.loads(out)
-    assert code == 0 and data["logits_shape"] == [1, 10] and data["forward_ms"] > 0
-    assert NASBNN.load(tmp_path / "arch.json").to_json() == data["arch"]
-    assert "[4/4]" in err
+    assert code == 0 and set(data["compile"]) == {"largest", "smallest"}
+    assert all(c["verified"] and c["speedup"] > 0 for c in data["compile"].values())
+    assert 0 <= data["eval"]["largest"] <= 1 and data["eval"]["random"]["n"] == 20
+    assert (tmp_path / "largest.so").exists() and set(data["step_seconds"]) == {"train", "eval", "compile"}
+    (tmp_path / "compile.json").unlink()  # as if killed during the last step
+    code, out, err = run(capsys, *argv)
+    again = json.loads(out)
+    assert code == 0 and again["eval"] == data["eval"] and set(again["step_seconds"]) == {"compile"}
+    assert "[train] done before" in err and "[eval] done before" in err
 
 
 def test_module_entry_point():
