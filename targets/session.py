@@ -55,18 +55,12 @@ class Session:
         """The module of ``exe`` on the device: as is locally, else exported, uploaded and loaded."""
         if self.remote is None:
             return exe.mod
+        from hwnas.compile.runner import link
+
         self._count += 1
-        path = self._workdir / f"mod{self._count}.so"
-        exe.export_library(str(path), **self._export_args())
+        path = link(exe, self._workdir / f"mod{self._count}.so", self.target.cc)
         self.remote.upload(str(path))
         return self.remote.load_module(path.name)
-
-    def _export_args(self) -> dict[str, Any]:
-        if not self.target.cc:
-            return {}
-        from tvm.support.cc import cross_compiler
-
-        return {"fcompile": cross_compiler(self.target.cc)}
 
     def tensor(self, array: np.ndarray) -> tvm.runtime.Tensor:
         import tvm
