@@ -69,13 +69,14 @@ class Session:
 
     def time_ms(
         self,
-        mod: tvm.runtime.Module,
+        mod: tvm.runtime.Module | tvm.relax.VirtualMachine,
         args: Sequence[Any],
         name: str = "main",
         repeat: int = 10,
         min_repeat_ms: int = 20,
     ) -> list[float]:
-        """Milliseconds per call of ``mod[name](*args)``, one value per repeat.
+        """Milliseconds per call of ``mod[name](*args)``, one value per repeat; ``mod`` is a loaded
+        module or a Relax VirtualMachine on the session's device (both have ``time_evaluator``).
 
         TVM's time_evaluator runs on the device (remote timing excludes the network) and grows
         the calls per repeat until a repeat lasts ``min_repeat_ms``; one untimed call warms up.
