@@ -74,13 +74,13 @@ def part_kernel(part: PartConfig, resolution: int) -> Any:
 class _KernelTimer:
     """Compiles PrimFuncs for the session's target and times them on its device with random inputs."""
 
-    def __init__(self, session: Session, repeat: int, min_repeat_ms: int) -> None:
+    def __init__(self, session: Session, timing: dict[str, int]) -> None:
         import tvm
 
         self.tvm = tvm
         self.session = session
         self.target = session.target.tvm_target()
-        self.timing = {"repeat": repeat, "min_repeat_ms": min_repeat_ms}
+        self.timing = timing
         self.rng = np.random.default_rng(0)
 
     def __call__(self, funcs: Sequence[Any]) -> list[float]:
@@ -94,20 +94,26 @@ class _KernelTimer:
         return total.tolist()
 
 
-def layer_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20) -> LayerMeasure:
-    """A LayerMeasure timing the layer's four kernels on the session's device."""
-    timer = _KernelTimer(session, repeat, min_repeat_ms)
+def layer_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20, tries: int = 1) -> LayerMeasure:
+    """A LayerMeasure timing the layer's four kernels on the session's device (``Session.time_ms``
+    says what ``repeat``, ``min_repeat_ms`` and ``tries`` do)."""
+    timer = _KernelTimer(session, {"repeat": repeat, "min_repeat_ms": min_repeat_ms, "tries": tries})
     return lambda config: timer(layer_kernels(config, timer.target))
 
 
-def part_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20) -> PartMeasure:
+def part_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20, tries: int = 1) -> PartMeasure:
     """A PartMeasure timing the stem's or head's kernel on the session's device."""
-    timer = _KernelTimer(session, repeat, min_repeat_ms)
+    timer = _KernelTimer(session, {"repeat": repeat, "min_repeat_ms": min_repeat_ms, "tries": tries})
     return lambda part, resolution: timer([part_kernel(part, resolution)])
 
 
 def network_measure(
-    session: Session, repeat: int = 10, min_repeat_ms: int = 20, classes: int = NETWORK_CLASSES, seed: int = 0
+    session: Session,
+    repeat: int = 10,
+    min_repeat_ms: int = 20,
+    tries: int = 1,
+    classes: int = NETWORK_CLASSES,
+    seed: int = 0,
 ) -> NetworkMeasure:
     """A NetworkMeasure: the subnet of NAS-BNN's space compiled end to end (random weights of a
     seeded supernet, ``classes`` outputs), loaded through the session (exported with the target's
@@ -128,6 +134,6 @@ def network_measure(
         compiled = compile_subnet(supernet.extract(arch), resolution, target)
         vm = relax.VirtualMachine(session.load(compiled.executable), session.device)
         image = session.tensor(rng.standard_normal((1, 3, resolution, resolution), dtype=np.float32))
-        return session.time_ms(vm, [image], repeat=repeat, min_repeat_ms=min_repeat_ms)
+        return session.time_ms(vm, [image], repeat=repeat, min_repeat_ms=min_repeat_ms, tries=tries)
 
     return measure

@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the layer and network samples (default 0)")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement (default 10)")
     p.add_argument("--min-repeat-ms", type=int, default=20, help="shortest repeat in ms (default 20)")
+    p.add_argument(
+        "--tries",
+        type=int,
+        default=5,
+        help="batches of repeats timed at most, until one's spread is within 5%% of its median (default 5)",
+    )
     add_json_flag(p)
     p.set_defaults(func=cmd_profile)
 
@@ -97,7 +103,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
         reports = {}
         if any(left.values()):
             with store.exclusive(), open_session(target) as session:
-                timing = {"repeat": args.repeat, "min_repeat_ms": args.min_repeat_ms}
+                timing = {"repeat": args.repeat, "min_repeat_ms": args.min_repeat_ms, "tries": args.tries}
                 jobs = {}
                 if left["layers"]:
                     jobs["layers"] = layer_jobs(configs, args.resolution, measure_tvm.layer_measure(session, **timing))
