@@ -226,6 +226,27 @@ def test_local_session():
     assert len(times) == 3 and all(t > 0 for t in times)
 
 
+class FakeTimed:
+    """A module whose time_evaluator returns the given batches of seconds, one batch per call."""
+
+    def __init__(self, batches: list[list[float]]) -> None:
+        self.batches = iter(batches)
+
+    def __getitem__(self, name: str):
+        return lambda *args: None
+
+    def time_evaluator(self, name, device, number, repeat, min_repeat_ms):
+        return lambda *args: type("Result", (), {"results": next(self.batches)})()
+
+
+def test_timing_retries_an_unsteady_batch():
+    noisy, steady, noisier = [1e-3, 3e-3, 1e-3, 2e-3], [2e-3, 2.01e-3, 2e-3, 2.02e-3], [1e-3, 5e-3, 1e-3, 9e-3]
+    with open_session(load_target("local")) as session:
+        assert session.time_ms(FakeTimed([noisy, steady, noisy]), [], tries=3) == pytest.approx([2, 2.01, 2, 2.02])
+        assert session.time_ms(FakeTimed([noisier, noisy]), [], tries=2) == pytest.approx([1, 3, 1, 2])
+        assert session.time_ms(FakeTimed([noisy, steady]), [], tries=1) == pytest.approx([1, 3, 1, 2])
+
+
 @pytest.fixture
 def rpc_server():
     server = rpc.Server(host="127.0.0.1", port=free_port(), port_end=65535, silent=True)
