@@ -40,6 +40,7 @@ from hwnas.compile import tvm_targets
 from hwnas.compile.binconv import ConvShape, binary_conv2d
 from hwnas.compile.bitpack import pack_weights, packer_for
 from hwnas.compile.runner import batch_timer, build
+from targets.target import load_target
 
 # name: (input resolution, widths, kernels, groups); stage 1 only feeds stage 2's input widths
 STAGES = {
@@ -177,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = tvm_targets.set_num_threads(args.threads)  # before any TVM kernel runs
     torch.set_num_threads(args.threads)
-    targets = {name: tvm_targets.get_target(name) for name in ("local", "x86-avx2")}
+    described = {name: load_target(name) for name in ("local", "x86-avx2")}
+    targets = {name: t.tvm_target() for name, t in described.items()}
     # other jobs on the cores distort torch's OpenMP far more than TVM's pool: show the load
     print(
         f"threads: tvm {threads}, torch {torch.get_num_threads()}; local mcpu "
-        f"{tvm_targets.target_dict('local')['mcpu']}, vector popcount "
+        f"{described['local'].tvm['mcpu']}, vector popcount "
         f"{tvm_targets.has_vector_popcount(targets['local'])}; load average {os.getloadavg()[0]:.2f}",
         file=log,
     )
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(
             {
                 "threads": threads,
-                "local_target": tvm_targets.target_dict("local"),
+                "local_target": described["local"].tvm,
                 "rows": rows,
                 "median_speedup_local": med_local,
                 "median_speedup_avx2": med_avx2,

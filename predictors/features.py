@@ -3,12 +3,14 @@
 A layer is its kernel configuration ``(c_in, c_out, k, g, stride, size_in)`` (see
 :mod:`targets.configs`). From an int matrix of configurations, one row per layer, the features
 are computed column-wise with NumPy, so thousands of archs cost one pass. They describe what the
-layer's four kernels (pack, k x k group conv, pack, 1x1 conv) do: shape, binary MACs, 64-bit
+layer's four kernels (pack, k x k group conv, pack, 1x1 conv, each conv with its fused
+shortcut and RPReLU) do: shape, binary MACs, 64-bit
 word operations (popcounts round channels up to words), and bytes moved (float activations in
 and out, packed activations and packed weights).
 
-``FEATURE_SCHEMA_VERSION`` changes whenever the features or their order change; a saved
-predictor records it and is refused by code with another version.
+``FEATURE_SCHEMA_VERSION`` changes whenever the features, their order or what a saved predictor
+holds change (2: the stem and head measurements); a saved predictor records it and is refused by
+code with another version.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from hwnas.arch import Arch
 from targets.configs import CONFIG_FIELDS, LayerConfig
 
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
 WORD_BITS = 64
 LAYER_FEATURES = (
     *CONFIG_FIELDS,

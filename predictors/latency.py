@@ -2,10 +2,12 @@
 
 A layer's latency (its four kernels, as :mod:`targets.measure_tvm` measures them) is predicted
 by an XGBoost regressor on :mod:`predictors.features`, trained on log-milliseconds so that small
-and large layers weigh alike. A network's latency is ``slope * sum(layer predictions) +
-intercept``: the calibration, a least-squares line fitted on whole networks measured end to end,
-absorbs what the layer kernels leave out (stem, classifier, element-wise work, call overhead).
-With fewer than ``MIN_CALIBRATION_NETWORKS`` measured networks it is the identity.
+and large layers weigh alike. The stem and the head take a handful of configurations, all
+measured, so they are looked up, not learnt. A network's latency is ``slope * (sum of layer
+predictions + stem + head) + intercept``: the calibration, a least-squares line fitted on whole
+networks measured end to end, absorbs what the kernels leave out (the VM's per-call work, caches
+cold between kernels). With fewer than ``MIN_CALIBRATION_NETWORKS`` measured networks it is the
+identity.
 
 Measurements are split once, by a hash of their key, into training and held-out sets (20 % held
 out by default), so ``fit`` and ``evaluate`` agree on the split without storing it.
@@ -40,7 +42,8 @@ from predictors.features import (
     config_rows,
     layer_features,
 )
-from targets.configs import LayerConfig
+from targets.configs import LayerConfig, arch_parts
+from targets.profile import part_key
 from targets.store import Key, Store
 from targets.target import Target
 
@@ -124,6 +127,15 @@ def split(store: Store, resolution: int, holdout: float) -> tuple[Dataset, Datas
     return train, held
 
 
+def part_table(store: Store) -> list[dict[str, Any]]:
+    """Every stem and head measurement of the store, as saved in the predictor's metadata."""
+    return [
+        {"kind": m.key.kind, "config": m.key.config, "resolution": m.key.resolution, "ms": m.median_ms}
+        for kind in ("stem", "head")
+        for m in store.measurements(kind)
+    ]
+
+
 class LatencyPredictor:
     """Predicts a subnet's latency (ms) on one target; see the module docstring."""
 
@@ -132,6 +144,7 @@ class LatencyPredictor:
         self.calibration = calibration
         self.meta = meta
         self._cache: dict[tuple[int, ...], float] = {}
+        self._parts = {Key(p["kind"], p["config"], p["resolution"]): p["ms"] for p in meta["parts"]}
 
     @property
     def resolution(self) -> int:
@@ -143,20 +156,36 @@ class LatencyPredictor:
             return np.zeros(0)
         return np.exp(self.model.get_booster().inplace_predict(layer_features(configs)))
 
+    def parts_ms(self, arch: Arch, resolution: int) -> float:
+        """Measured milliseconds of the subnet's stem and head; PredictorError if not profiled."""
+        total = 0.0
+        for part in arch_parts(arch, resolution):
+            key = part_key(part, resolution)
+            if key not in self._parts:
+                raise PredictorError(
+                    f"no {part} measurement at {resolution}x{resolution} for target {self.meta['target']!r}; "
+                    f"profile it (`hwnas profile --target {self.meta['target']} --resolution {resolution}`) and refit"
+                )
+            total += self._parts[key]
+        return total
+
     def predict(self, arch: Arch, resolution: int | None = None) -> float:
         """Predicted milliseconds of one subnet; layer predictions are cached per configuration."""
-        rows = config_rows(arch, resolution or self.resolution)
+        resolution = resolution or self.resolution
+        rows = config_rows(arch, resolution)
         unknown = [row for row in dict.fromkeys(rows) if row not in self._cache]
         if unknown:
             self._cache.update(zip(unknown, self.layer_ms(np.array(unknown, dtype=np.int64)).tolist(), strict=True))
-        return float(self.calibration.apply(sum(self._cache[row] for row in rows)))
+        return float(self.calibration.apply(sum(self._cache[row] for row in rows) + self.parts_ms(arch, resolution)))
 
     def predict_many(self, archs: Sequence[Arch], resolution: int | None = None) -> np.ndarray:
         """Predicted milliseconds of many subnets; each distinct layer configuration is predicted once."""
-        configs, owner = arch_config_matrix(archs, resolution or self.resolution)
+        resolution = resolution or self.resolution
+        configs, owner = arch_config_matrix(archs, resolution)
         unique, inverse = np.unique(configs, axis=0, return_inverse=True)
         per_layer = self.layer_ms(unique)[inverse.reshape(-1)]
-        return self.calibration.apply(np.bincount(owner, weights=per_layer, minlength=len(archs)))
+        parts = np.array([self.parts_ms(arch, resolution) for arch in archs])
+        return self.calibration.apply(np.bincount(owner, weights=per_layer, minlength=len(archs)) + parts)
 
     # ----------------------------------------------------------------- persistence
     def save(self, directory: Path | None = None) -> Path:
@@ -238,6 +267,7 @@ def fit(
         "holdout": holdout,
         "seed": seed,
         "trained_layers": len(train.layers),
+        "parts": part_table(store),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     predictor = LatencyPredictor(model, Calibration(), meta)

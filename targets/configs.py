@@ -1,4 +1,5 @@
-"""What gets profiled: the distinct binary layer kernel configurations a search space can produce.
+"""What gets profiled: the distinct binary layer kernel configurations a search space can produce,
+and the configurations of the real-valued parts around them (stem and head).
 
 A searched layer (see :mod:`hwnas.arch`) is a binary k x k group conv c_in -> c_in with g groups
 and the layer's stride, then a binary 1x1 conv c_in -> c_out. Its kernel configuration is
@@ -17,6 +18,8 @@ from hwnas.arch import Arch, LayerShape, conv_out_size
 from hwnas.space import SearchSpace
 
 CONFIG_FIELDS = ("c_in", "c_out", "k", "g", "stride", "size_in")
+NETWORK_CLASSES = 1000
+"""Classes of the profiled networks' classifiers (ImageNet's), so of the measured heads."""
 
 
 @dataclass(frozen=True, order=True)
@@ -106,3 +109,40 @@ def sample_networks(space: SearchSpace, n: int, seed: int) -> list[Arch]:
     while len(archs) < n:
         archs[space.sample(rng)] = None
     return list(archs)
+
+
+@dataclass(frozen=True, order=True)
+class PartConfig:
+    """A real-valued part: the ``stem`` ({"c": width}, at the key's resolution) or the ``head``
+    ({"c": last width, "size": its input size, "classes": classes})."""
+
+    kind: str
+    config: tuple[tuple[str, int], ...]
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.config)
+
+    def __str__(self) -> str:
+        return f"{self.kind} " + " ".join(f"{k}={v}" for k, v in self.config)
+
+
+def stem_config(stem: int) -> PartConfig:
+    return PartConfig("stem", (("c", stem),))
+
+
+def head_config(last_width: int, size: int, classes: int = NETWORK_CLASSES) -> PartConfig:
+    return PartConfig("head", (("c", last_width), ("size", size), ("classes", classes)))
+
+
+def arch_parts(arch: Arch, resolution: int, classes: int = NETWORK_CLASSES) -> tuple[PartConfig, PartConfig]:
+    """The stem and head configurations of ``arch`` at ``resolution``."""
+    size = arch.layer_shapes(resolution)[-1].size_out
+    return stem_config(arch.stem), head_config(arch.last_width, size, classes)
+
+
+def part_configs(space: SearchSpace, resolution: int, classes: int = NETWORK_CLASSES) -> list[PartConfig]:
+    """Every stem and head configuration of the space at ``resolution`` (a handful: one per stem
+    width and one per last-stage width; every arch ends at the same spatial size)."""
+    size = space.largest().layer_shapes(resolution)[-1].size_out
+    stems = [stem_config(c) for c in space.stem_widths]
+    return stems + [head_config(c, size, classes) for c in space.stages[-1].widths]

@@ -1,116 +1,139 @@
-"""Measure functions backed by TVM: the binary layer kernels of ``hwnas.compile`` on a session's device.
+"""Measure functions backed by TVM: the compiler's kernels and whole networks on a session's device.
 
-``hwnas.compile`` (kernels) and its network compiler are imported when a measure function is
-made, not when this module is, so that profiling's plumbing works and is tested without them.
+TVM and the compiler are imported when a measure function is made, not when this module is, so
+that profiling's plumbing (jobs, store, sessions) loads without them.
 
 What one ``layer`` measurement is
 ---------------------------------
-The four kernels a searched layer runs, each compiled for the target, loaded on the device and
-timed on its own, their per-repeat times added:
+The four kernels a searched layer runs in the compiled network, built by the network compiler's
+own :func:`hwnas.compile.network.layer_convs` and :func:`~hwnas.compile.network.conv_kernels`,
+each compiled for the target, loaded on the device and timed on its own, their per-repeat times
+added:
 
 1. pack the layer's float input [size_in, size_in, c_in] (channels last) into bits for the
    k x k group conv, with its zero (= +1) border;
-2. the binary k x k group conv c_in -> c_in, g groups, the layer's stride, with the affine
-   epilogue (BatchNorm folded into a per-channel scale and bias), float output;
+2. the binary k x k group conv c_in -> c_in, g groups, the layer's stride, with its fused
+   epilogue: folded BatchNorm, the shortcut (the input, 2x2-average-pooled when the layer
+   strides) and RPReLU;
 3. pack that output for the 1x1 conv;
-4. the binary 1x1 conv c_in -> c_out with the affine epilogue.
+4. the binary 1x1 conv c_in -> c_out with its fused epilogue (shortcut tiled over channels, RPReLU).
 
-Whenever the kernels or this definition change, bump ``targets.store.MEASURE_METHOD``: earlier
-measurements then stop counting instead of mixing with new ones.
+A ``stem`` or ``head`` measurement is the one kernel of :mod:`hwnas.compile.realparts`. A
+``network`` measurement is the whole subnet compiled by :func:`hwnas.compile.deploy.compile_subnet`
+and run by TVM's Relax VM, so it adds what kernels leave out: the VM's per-call work and memory
+traffic between kernels. Whenever the kernels or these definitions change, bump
+``targets.store.MEASURE_METHOD``: earlier measurements then stop counting.
 
-Not included: the element-wise work around them (RPReLU, shortcuts and the stride-2 shortcut's
-pooling), the stem, the classifier and the runtime's per-call overhead; the predictor's
-calibration on whole networks accounts for those. Kernel times do not depend on the data
-(popcounts are branch-free), so inputs are random with a fixed seed.
-
-Contract for whole networks
----------------------------
-The network compiler provides ``hwnas.compile.network.measure_network(arch, resolution, session,
-repeat, min_repeat_ms) -> list[float]``: compile ``arch`` end to end for ``session.target``, load
-it with ``session.load`` and return per-repeat milliseconds of one batch-1 inference from
-``session.time_ms``.
+Kernel times do not depend on the data (popcounts and selects are branch-free), so every input is
+random with a fixed seed, and networks get a seeded random supernet's weights.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from hwnas.arch import Arch
-from hwnas.errors import HwnasError
-from targets.configs import LayerConfig
-from targets.profile import LayerMeasure, NetworkMeasure
+from targets.configs import NETWORK_CLASSES, LayerConfig, PartConfig
+from targets.profile import LayerMeasure, NetworkMeasure, PartMeasure
 from targets.session import Session
 
 
-def _require(module: str, what: str) -> ModuleType:
-    """Import a part of hwnas that may not be merged into this installation yet, or explain why not."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("hwnas."):
-            raise
-        raise HwnasError(f"{what} needs {module}, which cannot be imported here ({exc})") from None
+def random_args(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
+    """Random arrays for every buffer of a PrimFunc (its output included), in parameter order."""
+    arrays = []
+    for param in func.params:  # in TVM 0.27 a parameter is its buffer: it has a shape and a dtype
+        shape, dtype = tuple(int(d) for d in param.shape), np.dtype(str(param.dtype))
+        if dtype.kind == "f":
+            arrays.append(rng.standard_normal(shape).astype(dtype))
+        else:
+            arrays.append(rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype, endpoint=True))
+    return arrays
 
 
-def _kernel_modules() -> tuple[ModuleType, ModuleType]:
-    return _require("hwnas.compile.binconv", "layer profiling"), _require("hwnas.compile.bitpack", "layer profiling")
+def layer_kernels(config: LayerConfig, target: Any) -> list[Any]:
+    """The layer's four PrimFuncs in the order the network runs them (see the module docstring)."""
+    from hwnas.compile.network import conv_kernels, layer_convs
+
+    kernels = [conv_kernels(shape, residual, target) for shape, residual in layer_convs(config)]
+    return [func for k in kernels for func in (k.packer, k.conv)]
 
 
-def layer_kernels(config: LayerConfig, target: Any, rng: np.random.Generator) -> list[tuple[Any, list[np.ndarray]]]:
-    """The layer's four kernels in order, each as (PrimFunc, NumPy arguments including the output).
+def part_kernel(part: PartConfig, resolution: int) -> Any:
+    """The stem's or head's PrimFunc."""
+    from hwnas.compile.realparts import head_kernel, stem_kernel
 
-    Each conv's tile (and with it the word size, 32 or 64 bits) is chosen first; the packer
-    feeding the conv writes that word size.
-    """
-    binconv, bitpack = _kernel_modules()
-    c, size = config.c_in, config.size_in
-    group = binconv.ConvShape(c, c, config.k, config.g, config.stride, size, size)
-    point = binconv.ConvShape(c, config.c_out, 1, 1, 1, config.size_out, config.size_out)
-    kernels = []
-    for shape in (group, point):
-        conv, tile = binconv.binary_conv2d(shape, target, affine=True)
-        words = shape.packed_input_shape(tile.word_bits)
-        x = rng.standard_normal((shape.height, shape.width, shape.c_in), dtype=np.float32)
-        packer_args = [x, np.zeros(shape.c_in, np.float32), np.zeros(words, tile.dtype)]
-        kernels.append((bitpack.packer_for(shape, tile, target), packer_args))
-        weight = rng.standard_normal((shape.c_out, shape.cg, shape.k, shape.k), dtype=np.float32)
-        act = rng.integers(0, np.iinfo(tile.dtype).max, size=words, dtype=tile.dtype, endpoint=True)
-        packed_weight = bitpack.pack_weights(weight, shape.groups, tile.vb, tile.word_bits)
-        scale_bias = [np.ones(shape.c_out, np.float32), np.zeros(shape.c_out, np.float32)]
-        out = np.zeros(shape.output_shape, np.float32)
-        kernels.append((conv, [act, packed_weight, *scale_bias, out]))
-    return kernels
+    c = part.to_json()
+    if part.kind == "stem":
+        return stem_kernel(c["c"], resolution)
+    return head_kernel(c["c"], c["size"], c["classes"])
 
 
-def layer_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20) -> LayerMeasure:
-    """A LayerMeasure timing the layer's kernels on the session's device (see the module docstring)."""
-    import tvm
+class _KernelTimer:
+    """Compiles PrimFuncs for the session's target and times them on its device with random inputs."""
 
-    _kernel_modules()  # fail now, not once per layer, when the kernels are missing
-    target = session.target.tvm_target()
-    rng = np.random.default_rng(0)
+    def __init__(self, session: Session, timing: dict[str, int]) -> None:
+        import tvm
 
-    def measure(config: LayerConfig) -> Sequence[float]:
-        total = np.zeros(repeat)
-        for func, arrays in layer_kernels(config, target, rng):
-            exe = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-            args = [session.tensor(a) for a in arrays]
-            total += session.time_ms(session.load(exe), args, repeat=repeat, min_repeat_ms=min_repeat_ms)
+        self.tvm = tvm
+        self.session = session
+        self.target = session.target.tvm_target()
+        self.timing = timing
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, funcs: Sequence[Any]) -> list[float]:
+        """Per-repeat milliseconds of the functions, each timed on its own, summed repeat by repeat."""
+        total = np.zeros(self.timing["repeat"])
+        for func in funcs:
+            module = self.tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+            exe = self.tvm.compile(module, target=self.target)
+            args = [self.session.tensor(a) for a in random_args(func, self.rng)]
+            total += self.session.time_ms(self.session.load(exe), args, **self.timing)
         return total.tolist()
 
-    return measure
+
+def layer_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20, tries: int = 1) -> LayerMeasure:
+    """A LayerMeasure timing the layer's four kernels on the session's device (``Session.time_ms``
+    says what ``repeat``, ``min_repeat_ms`` and ``tries`` do)."""
+    timer = _KernelTimer(session, {"repeat": repeat, "min_repeat_ms": min_repeat_ms, "tries": tries})
+    return lambda config: timer(layer_kernels(config, timer.target))
 
 
-def network_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20) -> NetworkMeasure:
-    """A NetworkMeasure from the network compiler (see the contract in the module docstring)."""
-    network = _require("hwnas.compile.network", "whole-network profiling (--networks)")
+def part_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20, tries: int = 1) -> PartMeasure:
+    """A PartMeasure timing the stem's or head's kernel on the session's device."""
+    timer = _KernelTimer(session, {"repeat": repeat, "min_repeat_ms": min_repeat_ms, "tries": tries})
+    return lambda part, resolution: timer([part_kernel(part, resolution)])
+
+
+def network_measure(
+    session: Session,
+    repeat: int = 10,
+    min_repeat_ms: int = 20,
+    tries: int = 1,
+    classes: int = NETWORK_CLASSES,
+    seed: int = 0,
+) -> NetworkMeasure:
+    """A NetworkMeasure: the subnet of NAS-BNN's space compiled end to end (random weights of a
+    seeded supernet, ``classes`` outputs), loaded through the session (exported with the target's
+    cross compiler and uploaded when remote), ``main`` timed by the Relax VM's time_evaluator."""
+    import torch
+    from tvm import relax
+
+    from hwnas.compile.deploy import compile_subnet
+    from hwnas.model import build_supernet
+    from hwnas.space import NASBNN
+
+    target = session.target.tvm_target()
+    torch.manual_seed(seed)
+    supernet = build_supernet(NASBNN, classes).eval()
+    rng = np.random.default_rng(seed)
 
     def measure(arch: Arch, resolution: int) -> Sequence[float]:
-        return network.measure_network(arch, resolution, session, repeat, min_repeat_ms)
+        compiled = compile_subnet(supernet.extract(arch), resolution, target)
+        vm = relax.VirtualMachine(session.load(compiled.executable), session.device)
+        image = session.tensor(rng.standard_normal((1, 3, resolution, resolution), dtype=np.float32))
+        return session.time_ms(vm, [image], repeat=repeat, min_repeat_ms=min_repeat_ms, tries=tries)
 
     return measure

@@ -6,8 +6,8 @@ a target, and tests pass fakes. A job whose measure function raises (a failed co
 connection) is reported and skipped, and is tried again by the next run; KeyboardInterrupt stops
 the run, and everything measured before it is already in the store.
 
-What one ``layer`` measurement covers is defined by the layer measure function
-(:func:`targets.measure_tvm.layer_measure`); the predictor sums exactly those per layer.
+What one ``layer``, ``stem`` or ``head`` measurement covers is defined by the measure functions
+of :mod:`targets.measure_tvm`; the predictor sums exactly those over a network.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from hwnas.arch import Arch
-from targets.configs import LayerConfig
+from targets.configs import LayerConfig, PartConfig
 from targets.store import Key, Store
 
 
@@ -27,6 +27,12 @@ class LayerMeasure(Protocol):
     """Per-repeat milliseconds of one layer configuration's kernels on the target."""
 
     def __call__(self, config: LayerConfig) -> Sequence[float]: ...
+
+
+class PartMeasure(Protocol):
+    """Per-repeat milliseconds of a real-valued part's kernel (stem or head) at a resolution."""
+
+    def __call__(self, part: PartConfig, resolution: int) -> Sequence[float]: ...
 
 
 class NetworkMeasure(Protocol):
@@ -69,12 +75,20 @@ def layer_key(config: LayerConfig, resolution: int) -> Key:
     return Key.of("layer", config.to_json(), resolution)
 
 
+def part_key(part: PartConfig, resolution: int) -> Key:
+    return Key.of(part.kind, part.to_json(), resolution)
+
+
 def network_key(arch: Arch, resolution: int) -> Key:
     return Key.of("network", arch.to_json(), resolution)
 
 
 def layer_jobs(configs: Sequence[LayerConfig], resolution: int, measure: LayerMeasure) -> list[Job]:
     return [Job(layer_key(c, resolution), f"layer {c}", lambda c=c: measure(c)) for c in configs]
+
+
+def part_jobs(parts: Sequence[PartConfig], resolution: int, measure: PartMeasure) -> list[Job]:
+    return [Job(part_key(p, resolution), str(p), lambda p=p: measure(p, resolution)) for p in parts]
 
 
 def network_jobs(archs: Sequence[Arch], resolution: int, measure: NetworkMeasure) -> list[Job]:

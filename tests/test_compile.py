@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.cli import main
-from hwnas.compile import tvm_targets
 from hwnas.compile.binconv import ConvShape, binary_conv2d
 from hwnas.compile.bitpack import pack_activations_ref, pack_weights
 from hwnas.compile.deploy import CompiledNet, compile_subnet, export, verify
@@ -23,8 +22,10 @@ from hwnas.errors import HwnasError
 from hwnas.model import build_supernet
 from hwnas.model.layers import shortcut
 from hwnas.space import NASBNN
+from targets.target import load_target
 
-LOCAL = tvm_targets.get_target("local")
+LOCAL = load_target("local").tvm_target()
+AARCH64 = load_target("aarch64")
 
 
 def trained_like_supernet(resolution: int, classes: int = 10):
@@ -194,11 +195,11 @@ def test_compile_cli_bad_arch(tmp_path, capsys):
     assert "stage 1, layer 2 (c40_k3_g1): width 40 not in" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which(tvm_targets.AARCH64_CC) is None, reason="no aarch64 cross compiler")
+@pytest.mark.skipif(shutil.which(AARCH64.cc) is None, reason="no aarch64 cross compiler")
 def test_aarch64_cross_compiled_network(tmp_path):
     torch.manual_seed(0)
     subnet = build_supernet(NASBNN, 10).eval().extract(NASBNN.smallest())
-    path = export(compile_subnet(subnet, 32, tvm_targets.get_target("aarch64")), tmp_path / "net.so")
+    path = export(compile_subnet(subnet, 32, AARCH64.tvm_target()), tmp_path / "net.so", AARCH64.cc)
     header = path.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
 

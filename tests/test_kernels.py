@@ -15,9 +15,11 @@ from hwnas.compile import tvm_targets
 from hwnas.compile.binconv import ConvShape, Tile, binary_conv2d
 from hwnas.compile.bitpack import pack_activations, pack_activations_ref, pack_weights, packer_for
 from hwnas.compile.runner import build, export_cross, run
+from targets.target import load_target
 
 HOST_TARGETS = ("local", "x86-avx2")
 EM_AARCH64 = 183
+AARCH64 = load_target("aarch64")
 
 # (c_in, c_out, k, groups, stride, H, W): groups, kernels 3/5/1, strides 1/2, odd and tiny sizes,
 # channel counts that are not multiples of 64 (and some above 64 per group)
@@ -67,7 +69,7 @@ def random_layer(shape: ConvShape, seed: int) -> tuple[np.ndarray, np.ndarray, n
 @pytest.mark.parametrize("dims", CONV_SHAPES, ids=lambda d: "c{}-{}_k{}_g{}_s{}_{}x{}".format(*d))
 def test_conv_matches_torch(target_name: str, dims: tuple[int, ...]) -> None:
     shape = ConvShape(*dims)
-    target = tvm_targets.get_target(target_name)
+    target = load_target(target_name).tvm_target()
     func, tile = binary_conv2d(shape, target)
     x, threshold, w = random_layer(shape, seed=sum(dims))
     act = pack_activations_ref(x, threshold, shape.groups, shape.pad, tile.word_bits)
@@ -89,7 +91,7 @@ EXPLICIT_TILES = [Tile(4, 8), Tile(8, 4, 32), Tile(1, 24), Tile(7, 2), Tile(7, 1
 def test_conv_explicit_tiles(tile: Tile) -> None:
     """Tiles other than the heuristic's, including px = W_out and multi-pixel tiles."""
     shape = ConvShape(96, 48, 3, 2, 1, 8, 8) if tile.px != 7 else ConvShape(96, 48, 5, 2, 2, 14, 13)
-    target = tvm_targets.get_target("local")
+    target = load_target("local").tvm_target()
     func, _ = binary_conv2d(shape, target, tile=tile)
     x, threshold, w = random_layer(shape, seed=tile.px)
     act = pack_activations_ref(x, threshold, shape.groups, shape.pad, tile.word_bits)
@@ -105,7 +107,7 @@ def test_conv_explicit_tiles(tile: Tile) -> None:
 
 def test_conv_affine_epilogue_and_explicit_tile() -> None:
     shape = ConvShape(64, 32, 3, 2, 2, 8, 8)
-    target = tvm_targets.get_target("local")
+    target = load_target("local").tvm_target()
     func, tile = binary_conv2d(shape, target, tile=Tile(px=2, vb=8, word_bits=32), affine=True)
     assert tile == Tile(px=2, vb=8, word_bits=32)
     x, threshold, w = random_layer(shape, seed=7)
@@ -127,7 +129,7 @@ def test_conv_affine_epilogue_and_explicit_tile() -> None:
 def test_tile_must_divide_shape() -> None:
     with pytest.raises(ValueError):
         shape = ConvShape(64, 64, 3, 1, 1, 7, 7)
-        binary_conv2d(shape, tvm_targets.get_target("local"), tile=Tile(px=2, vb=8))
+        binary_conv2d(shape, load_target("local").tvm_target(), tile=Tile(px=2, vb=8))
 
 
 def test_reference_packer_layout() -> None:
@@ -150,9 +152,9 @@ def test_activation_packer(target_name: str, layout: str, word_bits: int, dims: 
     c, h, w, groups, pad = dims
     x, threshold, _ = random_layer(ConvShape(c, c, 2 * pad + 1, groups, 1, h, w), seed=c + h)
     # the portable packer (chosen for non-x86 targets) is tested by building it for the host
-    target = tvm_targets.get_target(target_name.removesuffix("-portable"))
+    target = load_target(target_name.removesuffix("-portable")).tvm_target()
     func = pack_activations(c, h, w, groups, pad, target, layout, word_bits)
-    host = tvm_targets.get_target("local") if target_name.endswith("portable") else target
+    host = load_target("local").tvm_target() if target_name.endswith("portable") else target
     data = np.ascontiguousarray(x.transpose(1, 2, 0)) if layout == "NHWC" else x
     expected = pack_activations_ref(x, threshold, groups, pad, word_bits)
     out = run(build(func, host), data, threshold, out_shape=expected.shape, out_dtype=str(expected.dtype))
@@ -171,7 +173,7 @@ def test_weight_packer_layout() -> None:
 def test_packer_and_conv_in_a_relax_module() -> None:
     """The PrimFuncs are private and compose with R.call_tir, as the network compiler uses them."""
     shape = ConvShape(64, 64, 3, 2, 1, 8, 8)
-    target = tvm_targets.get_target("local")
+    target = load_target("local").tvm_target()
     conv, tile = binary_conv2d(shape, target)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((shape.height, shape.width, shape.c_in), "float32"))
@@ -198,11 +200,11 @@ def test_packer_and_conv_in_a_relax_module() -> None:
     np.testing.assert_array_equal(got.numpy(), expected)
 
 
-@pytest.mark.skipif(shutil.which(tvm_targets.AARCH64_CC) is None, reason="no aarch64 cross compiler")
+@pytest.mark.skipif(shutil.which(AARCH64.cc) is None, reason="no aarch64 cross compiler")
 def test_aarch64_cross_compile(tmp_path) -> None:
-    target = tvm_targets.get_target("aarch64")
+    target = AARCH64.tvm_target()
     func, _ = binary_conv2d(ConvShape(96, 96, 3, 2, 2, 14, 14), target)
-    lib = export_cross(func, target, tmp_path / "conv.so")
+    lib = export_cross(func, target, tmp_path / "conv.so", AARCH64.cc)
     header = lib.read_bytes()[:20]
     assert header[:4] == b"\x7fELF"
     assert int.from_bytes(header[18:20], "little") == EM_AARCH64

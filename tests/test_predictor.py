@@ -13,12 +13,18 @@ import pytest
 from hwnas.cli import main
 from hwnas.space import NASBNN
 from predictors.evaluate import evaluate
-from predictors.features import LAYER_FEATURES, arch_config_matrix, config_matrix, layer_features
+from predictors.features import (
+    FEATURE_SCHEMA_VERSION,
+    LAYER_FEATURES,
+    arch_config_matrix,
+    config_matrix,
+    layer_features,
+)
 from predictors.latency import Calibration, LatencyPredictor, PredictorError, fit, predictor_dir
 from predictors.metrics import accuracy
 from predictors.ops import layer_bops
-from targets.configs import arch_configs, layer_configs, sample_networks
-from targets.profile import layer_key, network_key
+from targets.configs import arch_configs, layer_configs, part_configs, sample_networks
+from targets.profile import layer_key, network_key, part_key
 from targets.store import Store
 from targets.target import load_target
 
@@ -44,15 +50,24 @@ def true_layer_ms(configs) -> np.ndarray:
     )
 
 
+def true_part_ms(kind: str, c: int) -> float:
+    """The synthetic stem (grows with its width) and head (fixed)."""
+    return 0.1 + 0.004 * c if kind == "stem" else 0.3
+
+
 def fill_store(networks: int, noise: float = 0.02, seed: int = 0) -> None:
-    """Every layer config of NASBNN and ``networks`` subnets, latencies from the formula with noise."""
+    """Every layer, stem and head config of NASBNN and ``networks`` subnets, latencies from the
+    formula with noise."""
     rng = np.random.default_rng(seed)
     with Store.for_target(load_target(TARGET)) as store:
         configs = layer_configs(NASBNN, RES)
         for config, ms in zip(configs, true_layer_ms(configs), strict=True):
             store.add(layer_key(config, RES), ms * rng.lognormal(0, noise, 5))
+        for part in part_configs(NASBNN, RES):
+            store.add(part_key(part, RES), [true_part_ms(part.kind, part.to_json()["c"])])
         for arch in sample_networks(NASBNN, networks, seed):
-            ms = 1.15 * true_layer_ms(arch_configs(arch, RES)).sum() + 0.4 + 0.004 * arch.stem
+            parts = true_part_ms("stem", arch.stem) + true_part_ms("head", arch.last_width)
+            ms = 1.15 * (true_layer_ms(arch_configs(arch, RES)).sum() + parts) + 0.2
             store.add(network_key(arch, RES), ms * rng.lognormal(0, noise, 5))
 
 
@@ -124,6 +139,14 @@ def test_predict_one_and_many_agree_and_round_trip(trained):
     assert predictor.predict(NASBNN.largest()) > predictor.predict(NASBNN.smallest())
 
 
+def test_stem_and_head_are_looked_up_and_must_be_measured(trained):
+    predictor, _ = trained
+    arch = NASBNN.smallest()
+    assert predictor.parts_ms(arch, RES) == pytest.approx(true_part_ms("stem", arch.stem) + true_part_ms("head", 0))
+    with pytest.raises(PredictorError, match=r"no stem c=24 measurement at 160x160 .*--resolution 160"):
+        predictor.predict(arch, 160)
+
+
 def test_calibration_falls_back_to_identity():
     assert Calibration.fit(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == Calibration(networks=2)
     fitted = Calibration.fit(np.array([1.0, 2.0, 3.0]), np.array([3.0, 5.0, 7.0]))
@@ -150,7 +173,7 @@ def test_missing_other_target_and_other_schema_are_refused(trained, tmp_path):
         LatencyPredictor.load(load_target("local"), saved)
     meta = json.loads((saved / "predictor.json").read_text())
     (saved / "predictor.json").write_text(json.dumps({**meta, "feature_schema": 0}))
-    with pytest.raises(PredictorError, match="feature schema 0, this hwnas uses 1"):
+    with pytest.raises(PredictorError, match=f"feature schema 0, this hwnas uses {FEATURE_SCHEMA_VERSION}"):
         LatencyPredictor.load(target, saved)
     (saved / "predictor.json").write_text(json.dumps({**meta, "target_fingerprint": "{}"}))
     with pytest.raises(PredictorError, match="which is now"):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import socket
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,14 +13,23 @@ import numpy as np
 import pytest
 import tvm
 from test_space import brute_force
-from tvm import rpc, te
+from tvm import relax, rpc, te
 from tvm.rpc.tracker import Tracker
 
+from hwnas.arch import Arch
 from hwnas.cli import main
-from hwnas.errors import HwnasError
+from hwnas.model import build_supernet
 from hwnas.space import NASBNN
-from targets.configs import LayerConfig, arch_configs, layer_configs, sample_configs, sample_networks
-from targets.profile import layer_jobs, run_jobs
+from targets.configs import (
+    LayerConfig,
+    arch_configs,
+    arch_parts,
+    layer_configs,
+    part_configs,
+    sample_configs,
+    sample_networks,
+)
+from targets.profile import layer_jobs, network_jobs, run_jobs
 from targets.session import DeviceUnreachable, open_session
 from targets.store import Store
 from targets.target import TargetError, load_target, read_target, target_files, user_targets_dir
@@ -217,6 +226,27 @@ def test_local_session():
     assert len(times) == 3 and all(t > 0 for t in times)
 
 
+class FakeTimed:
+    """A module whose time_evaluator returns the given batches of seconds, one batch per call."""
+
+    def __init__(self, batches: list[list[float]]) -> None:
+        self.batches = iter(batches)
+
+    def __getitem__(self, name: str):
+        return lambda *args: None
+
+    def time_evaluator(self, name, device, number, repeat, min_repeat_ms):
+        return lambda *args: type("Result", (), {"results": next(self.batches)})()
+
+
+def test_timing_retries_an_unsteady_batch():
+    noisy, steady, noisier = [1e-3, 3e-3, 1e-3, 2e-3], [2e-3, 2.01e-3, 2e-3, 2.02e-3], [1e-3, 5e-3, 1e-3, 9e-3]
+    with open_session(load_target("local")) as session:
+        assert session.time_ms(FakeTimed([noisy, steady, noisy]), [], tries=3) == pytest.approx([2, 2.01, 2, 2.02])
+        assert session.time_ms(FakeTimed([noisier, noisy]), [], tries=2) == pytest.approx([1, 3, 1, 2])
+        assert session.time_ms(FakeTimed([noisy, steady]), [], tries=1) == pytest.approx([1, 3, 1, 2])
+
+
 @pytest.fixture
 def rpc_server():
     server = rpc.Server(host="127.0.0.1", port=free_port(), port_end=65535, silent=True)
@@ -275,17 +305,6 @@ def test_unreachable_device_is_a_clear_error(capsys):
     assert "cannot reach the RPC server" in capsys.readouterr().err
 
 
-def test_missing_network_compiler_is_reported(monkeypatch):
-    monkeypatch.setitem(sys.modules, "hwnas.compile.network", None)  # as if not merged
-    from targets.measure_tvm import network_measure
-
-    with (
-        open_session(load_target("local")) as session,
-        pytest.raises(HwnasError, match=r"needs hwnas\.compile\.network"),
-    ):
-        network_measure(session)
-
-
 def test_layer_kernels_profiled_through_rpc(rpc_server):
     pytest.importorskip("hwnas.compile.binconv")
     from targets.measure_tvm import layer_measure
@@ -308,3 +327,81 @@ def test_cli_profile_resumes(capsys):
     assert main([*argv, "--min-repeat-ms", "1"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["runs"] == {} and second["stored"]["layer"] == 2
+
+
+# ----------------------------------------------------------------- what is measured is what the network runs
+
+
+def network_kernels(arch, resolution: int, target) -> list:
+    """The PrimFunc of every kernel call of the compiled network, in execution order."""
+    from hwnas.compile.fold import fold
+    from hwnas.compile.network import build_module
+
+    subnet = build_supernet(NASBNN, 10).eval().extract(arch)
+    module, labels = build_module(fold(subnet, resolution), target)
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    bindings = module["main"].body.blocks[0].bindings
+    funcs = [module[b.value.args[0]] for b in bindings if isinstance(b.value, relax.Call) and b.value.op == call_tir]
+    assert len(funcs) == len(labels)
+    return [f.without_attr("op_pattern") for f in funcs]
+
+
+def test_measured_kernels_are_the_networks():
+    from hwnas.compile.binconv import ConvShape, binary_conv2d
+    from targets.measure_tvm import layer_kernels, part_kernel
+
+    target = load_target("local").tvm_target()
+    arch = NASBNN.sample(random.Random(3))  # stride-2 layers (pooled shortcut), widening 1x1s (tiled)
+    stem, head = arch_parts(arch, 32, classes=10)
+    measured = [
+        part_kernel(stem, 32),
+        *(f for config in arch_configs(arch, 32) for f in layer_kernels(config, target)),
+        part_kernel(head, 32),
+    ]
+    network = network_kernels(arch, 32, target)
+    assert len(measured) == len(network) == 2 + 4 * sum(arch.depths)
+    for ours, theirs in zip(measured, network, strict=True):
+        tvm.ir.assert_structural_equal(ours.without_attr("global_symbol"), theirs)
+    # the comparison can fail: the conv without its fused shortcut and RPReLU (the former measurement) differs
+    config = arch_configs(arch, 32)[0]
+    shape = ConvShape(config.c_in, config.c_in, config.k, config.g, config.stride, config.size_in, config.size_in)
+    affine_only, _ = binary_conv2d(shape, target, affine=True)
+    with pytest.raises(ValueError, match="StructuralEqual"):
+        tvm.ir.assert_structural_equal(affine_only.without_attr("global_symbol"), network[2])
+
+
+def test_part_configs_cover_every_arch():
+    parts = set(part_configs(NASBNN, 224))
+    for seed in range(30):
+        assert set(arch_parts(NASBNN.sample(random.Random(seed)), 224)) <= parts
+    assert len(parts) == len(NASBNN.stem_widths) + len(NASBNN.stages[-1].widths)
+
+
+# ----------------------------------------------------------------- whole networks
+
+
+def test_cli_profiles_networks_end_to_end_and_resumes(capsys):
+    argv = ["profile", "--target", "local", "--layers", "0", "--networks", "2", "--resolution", "32"]
+    argv += ["--repeat", "3", "--min-repeat-ms", "1", "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["runs"]["networks"]["measured"] == 2 and first["stored"]["network"] == 2
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["runs"] == {}
+    with Store.for_target(load_target("local")) as store:
+        rows = store.measurements("network")
+    assert [m.key.resolution for m in rows] == [32, 32] and all(m.median_ms > 0 and m.repeats == 3 for m in rows)
+    assert {Arch.from_json(m.key.config_json()) for m in rows} == set(sample_networks(NASBNN, 2, 0))
+
+
+def test_network_profiled_through_rpc(rpc_server):
+    from targets.measure_tvm import network_measure
+
+    rpc_target("loopback", rpc_server.port)
+    target = load_target("loopback")
+    with Store.for_target(target) as store, open_session(target) as session:
+        measure = network_measure(session, repeat=2, min_repeat_ms=1, classes=10)
+        report = run_jobs(store, network_jobs([NASBNN.smallest()], 32, measure), progress=False)
+        assert report.measured == 1 and not report.failed, report.failed
+        (row,) = store.measurements("network")
+    assert row.median_ms > 0 and row.repeats == 2

@@ -23,7 +23,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile a subnet with TVM into a runtime library")
     _common(p)
-    p.add_argument("--target", default="local", help="local | x86-avx2 | aarch64 (default local)")
+    p.add_argument("--target", default="local", help="target name (see `hwnas targets`; default local)")
     p.add_argument("--verify", action="store_true", help="compare with the PyTorch BWBA subnet on random inputs")
     p.add_argument("--bench", action="store_true", help="median latency vs the float32 PyTorch network")
     p.add_argument("--profile", action="store_true", help="with --bench: time every kernel of the network")
@@ -35,20 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from hwnas.compile import tvm_targets
     from hwnas.compile.deploy import CompiledNet, compile_subnet, export, float_baseline, time_torch_ms, verify
     from hwnas.compile.weights import load_subnet
     from hwnas.errors import HwnasError
+    from targets.target import load_target
 
-    if args.target not in tvm_targets.TARGET_NAMES:
-        raise HwnasError(f"unknown target {args.target!r}; known: {', '.join(tvm_targets.TARGET_NAMES)}")
+    target = load_target(args.target)
     arch, sub = load_subnet(args.arch, args.weights, args.resolution, args.classes, args.seed)
-    runs_here = args.target != "aarch64"
+    runs_here = target.connection.kind == "local"
     if (args.verify or args.bench) and not runs_here:
         raise HwnasError(f"--verify and --bench run on this machine; target {args.target} is a remote device")
     log(f"compiling {arch} at {sub.resolution}x{sub.resolution} for {args.target}")
-    compiled = compile_subnet(sub.net, sub.resolution, tvm_targets.get_target(args.target))
-    path = export(compiled, args.output)
+    compiled = compile_subnet(sub.net, sub.resolution, target.tvm_target())
+    path = export(compiled, args.output, target.cc)
     log(f"wrote {path}")
     data: dict = {"output": str(path), "target": args.target, "resolution": sub.resolution, "arch": arch.to_json()}
     lines = [f"library  {path}"]

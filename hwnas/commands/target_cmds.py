@@ -10,8 +10,8 @@ from hwnas.commands.output import add_json_flag, emit, log, table
 from hwnas.space import NASBNN
 from predictors.evaluate import evaluate
 from predictors.latency import DEFAULT_HOLDOUT, MIN_CALIBRATION_NETWORKS, LatencyPredictor, fit, predictor_dir
-from targets.configs import layer_configs, sample_configs, sample_networks
-from targets.profile import layer_jobs, layer_key, network_jobs, network_key, run_jobs
+from targets.configs import layer_configs, part_configs, sample_configs, sample_networks
+from targets.profile import layer_jobs, layer_key, network_jobs, network_key, part_jobs, part_key, run_jobs
 from targets.session import open_session
 from targets.store import Store
 from targets.target import BUILTIN_DIR, load_target, target_files, user_targets_dir
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_targets)
 
-    p = sub.add_parser("profile", help="measure layer kernels and whole subnets on a target")
+    p = sub.add_parser("profile", help="measure layer kernels, stem, head and whole subnets on a target")
     p.add_argument("--target", required=True, help="target name (see `hwnas targets`)")
     p.add_argument(
         "--layers", type=_layers_arg, default=None, metavar="N|all", help="layer configurations (default all)"
@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the layer and network samples (default 0)")
     p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement (default 10)")
     p.add_argument("--min-repeat-ms", type=int, default=20, help="shortest repeat in ms (default 20)")
+    p.add_argument(
+        "--tries",
+        type=int,
+        default=5,
+        help="batches of repeats timed at most, until one's spread is within 5%% of its median (default 5)",
+    )
     add_json_flag(p)
     p.set_defaults(func=cmd_profile)
 
@@ -81,26 +87,31 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
     target = load_target(args.target)
     configs = sample_configs(layer_configs(NASBNN, args.resolution), args.layers, args.seed)
+    parts = part_configs(NASBNN, args.resolution) if configs else []  # the predictor needs them with layers
     archs = sample_networks(NASBNN, args.networks, args.seed) if args.networks else []
     with Store.for_target(target) as store:
-        layers_left = store.missing(layer_key(c, args.resolution) for c in configs)
-        networks_left = store.missing(network_key(a, args.resolution) for a in archs)
+        left = {
+            "layers": store.missing(layer_key(c, args.resolution) for c in configs),
+            "parts": store.missing(part_key(p, args.resolution) for p in parts),
+            "networks": store.missing(network_key(a, args.resolution) for a in archs),
+        }
         log(
-            f"target {target.name} ({target.connection}): {len(configs)} layer configs and {len(archs)} networks, "
-            f"{len(layers_left)} + {len(networks_left)} to measure; store {store.path}"
+            f"target {target.name} ({target.connection}): {len(configs)} layer configs, {len(parts)} stem/head "
+            f"configs and {len(archs)} networks, {' + '.join(str(len(v)) for v in left.values())} to measure; "
+            f"store {store.path}"
         )
         reports = {}
-        if layers_left or networks_left:
+        if any(left.values()):
             with store.exclusive(), open_session(target) as session:
-                timing = {"repeat": args.repeat, "min_repeat_ms": args.min_repeat_ms}
+                timing = {"repeat": args.repeat, "min_repeat_ms": args.min_repeat_ms, "tries": args.tries}
                 jobs = {}
-                if layers_left:
-                    measure = measure_tvm.layer_measure(session, **timing)
-                    jobs["layers"] = layer_jobs(configs, args.resolution, measure)
-                if networks_left:  # before any layer runs: a missing network compiler fails at once
-                    jobs["networks"] = network_jobs(
-                        archs, args.resolution, measure_tvm.network_measure(session, **timing)
-                    )
+                if left["layers"]:
+                    jobs["layers"] = layer_jobs(configs, args.resolution, measure_tvm.layer_measure(session, **timing))
+                if left["parts"]:
+                    jobs["parts"] = part_jobs(parts, args.resolution, measure_tvm.part_measure(session, **timing))
+                if left["networks"]:
+                    measure = measure_tvm.network_measure(session, **timing)
+                    jobs["networks"] = network_jobs(archs, args.resolution, measure)
                 reports = {kind: run_jobs(store, kind_jobs) for kind, kind_jobs in jobs.items()}
         data = {
             "target": target.name,

@@ -16,12 +16,11 @@ import numpy as np
 import torch
 import tvm
 from tvm import relax
-from tvm.support.cc import cross_compiler
 
 from hwnas.arch import Arch
 from hwnas.compile.fold import fold
 from hwnas.compile.network import build_module
-from hwnas.compile.tvm_targets import AARCH64_CC
+from hwnas.compile.runner import link
 from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet, Mode, ModelOptions, Skeleton
 
@@ -41,15 +40,11 @@ def compile_subnet(subnet: BinaryNet, resolution: int, target: tvm.target.Target
     return Compiled(tvm.compile(module, target=target), labels, target)
 
 
-def export(compiled: Compiled, path: str | Path) -> Path:
-    """Write the runtime library; foreign (aarch64) targets are linked with their cross compiler."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not str(compiled.target.attrs.get("mtriple", "")).startswith("aarch64"):
-        compiled.executable.export_library(str(path))
-    else:
-        compiled.executable.export_library(str(path), fcompile=cross_compiler(AARCH64_CC))
-    return path
+def export(compiled: Compiled, path: str | Path, cc: str = "") -> Path:
+    """Write the runtime library, linked by ``cc`` when given (a foreign target's cross compiler,
+    its target file's ``[export] cc``), else by the host's compiler."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return link(compiled.executable, path, cc)
 
 
 class CompiledNet:

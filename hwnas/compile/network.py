@@ -14,17 +14,72 @@ Weights are Relax constants, so the exported library is self-contained: ``main(i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import numpy as np
 import tvm
 from tvm import relax
 
-from hwnas.compile.binconv import ConvShape, binary_conv2d
+from hwnas.compile.binconv import ConvShape, Tile, binary_conv2d
 from hwnas.compile.bitpack import pack_weights, packer_for
 from hwnas.compile.epilogue import Residual
 from hwnas.compile.fold import Activation, FoldedConv, FoldedNet
 from hwnas.compile.realparts import head_kernel, stem_kernel
 
 OPAQUE = 8  # relax's kOpaque op pattern: keep the scheduled kernels out of operator fusion
+
+
+class LayerDims(Protocol):
+    """A searched layer's dimensions: ``hwnas.arch.LayerShape`` or ``targets.configs.LayerConfig``."""
+
+    c_in: int
+    c_out: int
+    k: int
+    g: int
+    stride: int
+    size_in: int
+    size_out: int
+
+
+def layer_convs(layer: LayerDims) -> tuple[tuple[ConvShape, Residual], tuple[ConvShape, Residual]]:
+    """A searched layer's two binary convs, each with the shortcut its epilogue fuses.
+
+    The k x k group conv (c_in -> c_in) adds its input, average-pooled when it strides; the 1x1
+    conv (c_in -> c_out) adds its input tiled over the output channels.
+    """
+    first = ConvShape(layer.c_in, layer.c_in, layer.k, layer.g, layer.stride, layer.size_in, layer.size_in)
+    second = ConvShape(layer.c_in, layer.c_out, 1, 1, 1, layer.size_out, layer.size_out)
+    return (first, Residual.POOL if layer.stride == 2 else Residual.IDENTITY), (second, Residual.TILE)
+
+
+@dataclass(frozen=True)
+class ConvKernels:
+    """The two kernels one binary conv of the network runs, and the tile (word size) they share.
+
+    ``packer(x [H, W, c_in], threshold, bits)`` then ``conv(bits, packed weights, scale, bias,
+    source, shift_in, slope, shift_out, out)``; the source is the conv's float input ``x``.
+    """
+
+    shape: ConvShape
+    packer: tvm.tirx.PrimFunc
+    conv: tvm.tirx.PrimFunc
+    tile: Tile
+
+    def pack_weights(self, weight: np.ndarray) -> np.ndarray:
+        """Float weights [c_out, c_in / groups, k, k] in the bit layout ``conv`` reads."""
+        return pack_weights(weight, self.shape.groups, self.tile.vb, self.tile.word_bits)
+
+
+def conv_kernels(shape: ConvShape, residual: Residual, target: tvm.target.Target) -> ConvKernels:
+    """The kernels of one binary conv with its fused epilogue, as the network runs them.
+
+    The conv's tile (and with it the word size, 32 or 64 bits) is chosen first; the packer feeding
+    the conv writes that word size. Latency profiling builds its kernels here too, so it times
+    what the network runs.
+    """
+    conv, tile = binary_conv2d(shape, target, residual=residual)
+    return ConvKernels(shape, packer_for(shape, tile, target), conv, tile)
 
 
 def _const(array: np.ndarray) -> relax.Constant:
@@ -50,16 +105,14 @@ class _Builder:
         gvar = self.bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE), name)
         return self.bb.emit(relax.call_tir(gvar, args, relax.TensorType(shape, dtype)))
 
-    def conv(
-        self, conv: FoldedConv, shape: ConvShape, x: relax.Var, residual: Residual, source: relax.Var, label: str
-    ) -> relax.Var:
-        func, tile = binary_conv2d(shape, self.target, residual=residual)
-        packer = packer_for(shape, tile, self.target)
-        packed_shape = shape.packed_input_shape(tile.word_bits)
-        bits = self.call(packer, "pack", [x, _const(conv.threshold)], packed_shape, tile.dtype, f"{label} pack")
-        weights = pack_weights(conv.weight, shape.groups, tile.vb, tile.word_bits)
-        args = [bits, _const(weights), _const(conv.scale), _const(conv.bias), source, *_act_consts(conv.act)]
-        return self.call(func, "binconv", args, shape.output_shape, "float32", f"{label} conv")
+    def conv(self, conv: FoldedConv, shape: ConvShape, residual: Residual, x: relax.Var, label: str) -> relax.Var:
+        """Pack ``x``, then the binary conv whose epilogue adds the shortcut from ``x``."""
+        k = conv_kernels(shape, residual, self.target)
+        packed_shape = shape.packed_input_shape(k.tile.word_bits)
+        bits = self.call(k.packer, "pack", [x, _const(conv.threshold)], packed_shape, k.tile.dtype, f"{label} pack")
+        weights = _const(k.pack_weights(conv.weight))
+        args = [bits, weights, _const(conv.scale), _const(conv.bias), x, *_act_consts(conv.act)]
+        return self.call(k.conv, "binconv", args, shape.output_shape, "float32", f"{label} conv")
 
 
 def build_module(net: FoldedNet, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
@@ -80,12 +133,10 @@ def build_module(net: FoldedNet, target: tvm.target.Target) -> tuple[tvm.IRModul
             x = b.call(stem_kernel(c, res), "stem", stem_args, (size, size, c), "float32", "stem")
             for layer in net.layers:
                 s = layer.shape
-                first = ConvShape(s.c_in, s.c_in, s.k, s.g, s.stride, s.size_in, s.size_in)
-                pool = Residual.POOL if s.stride == 2 else Residual.IDENTITY
+                (first, first_residual), (second, second_residual) = layer_convs(s)
                 name = f"s{s.stage + 1}.{s.index + 1} c{s.c_out}_k{s.k}_g{s.g}"
-                y = b.conv(layer.group_conv, first, x, pool, x, f"{name} k{s.k}x{s.k}")
-                second = ConvShape(s.c_in, s.c_out, 1, 1, 1, s.size_out, s.size_out)
-                x = b.conv(layer.pointwise, second, y, Residual.TILE, y, f"{name} 1x1")
+                y = b.conv(layer.group_conv, first, first_residual, x, f"{name} k{s.k}x{s.k}")
+                x = b.conv(layer.pointwise, second, second_residual, y, f"{name} 1x1")
                 size = s.size_out
             head = head_kernel(net.arch.last_width, size, net.num_classes)
             logits = b.call(

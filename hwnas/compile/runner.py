@@ -14,8 +14,6 @@ import numpy as np
 import tvm
 from tvm.support.cc import cross_compiler
 
-from hwnas.compile.tvm_targets import AARCH64_CC
-
 
 def build(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tvm.runtime.Module:
     """Compile one PrimFunc (as ``main``) for a target; returns the runtime module."""
@@ -48,9 +46,15 @@ def batch_timer(
     return lambda: float(timer(*tensors).mean)
 
 
-def export_cross(func: tvm.tirx.PrimFunc, target: tvm.target.Target, path: str | Path, cc: str = AARCH64_CC) -> Path:
-    """Compile for a foreign target and link a shared library with a cross compiler."""
-    exe = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+def link(exe: tvm.runtime.Executable, path: str | Path, cc: str = "") -> Path:
+    """Write ``exe`` as a shared library, linked by ``cc`` when given (a foreign target's cross
+    compiler, its target file's ``[export] cc``), else by the host's compiler."""
     path = Path(path)
-    exe.export_library(str(path), fcompile=cross_compiler(cc))
+    exe.export_library(str(path), **({"fcompile": cross_compiler(cc)} if cc else {}))
     return path
+
+
+def export_cross(func: tvm.tirx.PrimFunc, target: tvm.target.Target, path: str | Path, cc: str) -> Path:
+    """Compile one PrimFunc for a foreign target and link it with its cross compiler ``cc``."""
+    exe = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    return link(exe, path, cc)

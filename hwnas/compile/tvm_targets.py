@@ -1,9 +1,7 @@
-"""TVM target descriptions for the binary kernels, and the runtime's thread count.
+"""What the kernels ask of a TVM target (CPU features, vector width), and the runtime's thread count.
 
-Three targets are known by name: ``local`` (this host, mcpu and features detected by LLVM, so an
-AVX-512 VPOPCNTDQ machine gets ``vpopcntq``), ``x86-avx2`` (x86-64 without AVX-512, as on most
-laptops and older servers) and ``aarch64`` (64-bit Arm with NEON, cross-compiled). A later issue
-moves these descriptions into TOML files under ``targets/``.
+The targets themselves are described once, in the TOML files of :mod:`targets.target`
+(``load_target(name).tvm_target()``); the kernels only query the ``tvm.target.Target`` they get.
 """
 
 from __future__ import annotations
@@ -13,32 +11,9 @@ import os
 import tvm
 from tvm.target import codegen
 
-TARGET_NAMES = ("local", "x86-avx2", "aarch64")
 # TVM's pool starts lazily with the first parallel kernel; unless the user chose a count, make it
 # use every core rather than the half it assumes on (hyper-threaded) x86.
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
-AARCH64_CC = "aarch64-linux-gnu-gcc"
-
-
-def target_dict(name: str) -> dict:
-    """The TVM target dict for a target name (see ``TARGET_NAMES``)."""
-    if name == "local":
-        # Detected, not hard-coded: LLVM reads the host CPU with cpuid.
-        return {
-            "kind": "llvm",
-            "mtriple": codegen.llvm_get_system_triple(),
-            "mcpu": codegen.llvm_get_system_cpu(),
-        }
-    if name == "x86-avx2":
-        return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
-    if name == "aarch64":
-        return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
-    raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGET_NAMES)}")
-
-
-def get_target(name: str) -> tvm.target.Target:
-    """The ``tvm.target.Target`` for a target name."""
-    return tvm.target.Target(target_dict(name))
 
 
 def cpu_features(target: tvm.target.Target) -> set[str]:
