@@ -7,10 +7,10 @@ float32. Kernel times exclude activation packing, which is shown in its own colu
 packer, channels-last input).
 
 Shapes: a searched layer is a k x k group conv c_in -> c_in (groups g, the layer's stride) then a
-1x1 conv c_in -> c. The default is a deterministic subset covering, in each stage, every
-(k, g, stride) (the width cycling through the stage's widths) and the 1x1 shapes
-prev_width[i] -> width[i] (first layer, after the stride) and width[i] -> width[i]; ``--all``
-benchmarks every distinct shape the space can produce (widths non-decreasing).
+1x1 conv c_in -> c. The shapes come from the space's distinct layer configurations
+(``targets.configs.layer_configs``). The default is a deterministic subset: the first shape (by
+channels) of every (k, g, stride, height), every square 1x1 and one widening 1x1 per height;
+``--all`` benchmarks every distinct shape the space can produce (144, widths non-decreasing).
 
     python benchmarks/kernels.py [--all] [--json] [--threads 2]
 
@@ -30,53 +30,39 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from itertools import product
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hwnas.arch import STEM_KERNEL, STEM_STRIDE, conv_out_size
 from hwnas.compile import tvm_targets
 from hwnas.compile.binconv import ConvShape, binary_conv2d
 from hwnas.compile.bitpack import pack_weights, packer_for
 from hwnas.compile.runner import batch_timer, build
+from hwnas.space import NASBNN
+from targets.configs import layer_configs
 from targets.target import load_target
 
-# name: (input resolution, widths, kernels, groups); stage 1 only feeds stage 2's input widths
-STAGES = {
-    1: (112, (48, 64, 96), (3,), (1,)),
-    2: (112, (96, 128, 192), (3, 5), (1, 2)),
-    3: (56, (192, 256, 384), (3, 5), (2, 4)),
-    4: (28, (384, 512, 768), (3, 5), (4, 8)),
-    5: (14, (768, 1024, 1536), (3, 5), (8, 16)),
-}
 Shape = tuple[int, int, int, int, int, int]  # (c_in, c_out, k, groups, stride, height)
 
 
-def stage_shapes(stage: int, full: bool) -> list[Shape]:
-    """Binary layer shapes of one stage: all of them, or the documented covering subset."""
-    res, widths, kernels, groups = STAGES[stage]
-    prev = STAGES[stage - 1][1]
-    half = res // 2
-    shapes: list[Shape] = []
-    if full:
-        for c, k, g in product(prev, kernels, groups):
-            shapes.append((c, c, k, g, 2, res))
-        for c, k, g in product(widths, kernels, groups):
-            shapes.append((c, c, k, g, 1, half))
-        shapes += [(ci, co, 1, 1, 1, half) for ci, co in product(prev, widths)]
-        shapes += [(ci, co, 1, 1, 1, half) for ci, co in product(widths, widths) if co >= ci]
-    else:
-        for i, (stride, k, g) in enumerate(product((2, 1), kernels, groups)):
-            c = (prev if stride == 2 else widths)[i % len(widths)]
-            shapes.append((c, c, k, g, stride, res if stride == 2 else half))
-        shapes += [(ci, co, 1, 1, 1, half) for ci, co in zip(prev, widths, strict=True)]
-        shapes += [(c, c, 1, 1, 1, half) for c in widths]
-    return list(dict.fromkeys(shapes))
-
-
 def all_shapes(full: bool) -> list[Shape]:
-    return list(dict.fromkeys(s for stage in (2, 3, 4, 5) for s in stage_shapes(stage, full)))
+    """Binary conv shapes of stages 2-5 at 224x224, from the space's distinct layer configurations:
+    all of them, or a covering subset (one per kernel, groups, stride and height, every square 1x1)."""
+    stem_size = conv_out_size(224, STEM_KERNEL, STEM_STRIDE)
+    shapes: set[Shape] = set()
+    for cfg in layer_configs(NASBNN, 224):
+        if cfg.stride == 1 and cfg.size_in == stem_size:
+            continue  # stage 1
+        shapes.add((cfg.c_in, cfg.c_in, cfg.k, cfg.g, cfg.stride, cfg.size_in))
+        shapes.add((cfg.c_in, cfg.c_out, 1, 1, 1, cfg.size_out))
+    if full:
+        return sorted(shapes)
+    chosen: dict[tuple, Shape] = {}
+    for shape in sorted(shapes):
+        chosen.setdefault(shape[2:] if shape[2] > 1 or shape[0] != shape[1] else shape, shape)
+    return list(chosen.values())
 
 
 def torch_timer(fn: Callable[[], object], min_repeat_ms: int) -> Callable[[], float]:
