@@ -24,6 +24,7 @@ from hwnas.compile import tvm_targets
 from hwnas.compile.deploy import CompiledNet, compile_subnet, float_baseline, time_torch_ms, verify
 from hwnas.model import build_supernet
 from hwnas.space import NASBNN
+from targets.target import load_target
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tvm_targets.set_num_threads(args.threads)
-    target = tvm_targets.get_target("local")
+    target = load_target("local").tvm_target()
     torch.manual_seed(0)
     supernet = build_supernet(NASBNN, 1000).eval()
     image = np.random.default_rng(0).standard_normal((1, 3, args.resolution, args.resolution), dtype=np.float32)

@@ -85,9 +85,9 @@ def _evaluate(run_dir: Path) -> dict[str, Any]:
 
 
 def _compile(run_dir: Path, out: Path) -> dict[str, Any]:
-    from hwnas.compile import tvm_targets
     from hwnas.compile.deploy import CompiledNet, compile_subnet, export, float_baseline, time_torch_ms, verify
     from hwnas.train.evaluate import calibrated_subnet
+    from targets.target import load_target
 
     run = load_run(run_dir)
     res, calib = run.config.resolution, run.calibration_batches()
@@ -95,7 +95,7 @@ def _compile(run_dir: Path, out: Path) -> dict[str, Any]:
     result = {}
     for name, arch in (("largest", run.space.largest()), ("smallest", run.space.smallest())):
         subnet = calibrated_subnet(run.supernet, arch, calib)
-        path = export(compile_subnet(subnet, res, tvm_targets.get_target("local")), out / f"{name}.so")
+        path = export(compile_subnet(subnet, res, load_target("local").tvm_target()), out / f"{name}.so")
         (out / f"{name}.json").write_text(arch.dumps() + "\n")
         net = CompiledNet.load(path)
         check = verify(net, subnet, res)
