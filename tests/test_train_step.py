@@ -70,3 +70,16 @@ def test_width_multiplier_keeps_the_space_valid() -> None:
     assert space.largest().stages[-1][-1].c == 384 and space.count() == NASBNN.count()
     with pytest.raises(Exception, match="unusable space"):
         scaled_space(NASBNN, 0.01)
+
+
+def test_sandwich_trains_the_deployable_largest_besides_its_teacher() -> None:
+    config = tiny(num_random=1, teacher="fwba")
+    objective = Sandwich(build_model(config, 10), config_space(config), config)
+    x, y = torch.randn(4, 3, config.resolution, config.resolution), torch.arange(4)
+    modes = []
+    hook = objective.trainable.register_forward_pre_hook(lambda net, _: modes.append((net.active, net.mode)))
+    _, parts = objective(x, y, objective.plan())
+    hook.remove()
+    space = config_space(config)
+    assert modes[:3] == [(space.largest(), Mode.FWBA), (space.largest(), Mode.BWBA), (space.smallest(), Mode.BWBA)]
+    assert len(modes) == 4 and {"loss_teacher", "loss_largest", "loss_smallest"} <= set(parts)

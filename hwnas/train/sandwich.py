@@ -1,9 +1,12 @@
 """The supernet objective: sandwich rule with Bi-Teacher and in-place distillation (paper 3.3).
 
 One step runs the largest subnet as teacher in the configured mode (FWBA, the Bi-Teacher, by
-default) with cross-entropy on the labels, then the smallest and ``num_random`` uniformly random
-subnets in BWBA mode, each with KL(teacher || student) on the teacher's detached soft labels (or
-cross-entropy on the labels when distillation is off). The losses are summed and back-propagated
+default) with cross-entropy on the labels, then the students in BWBA mode: the largest subnet
+itself (unless the teacher already is BWBA), the smallest and ``num_random`` uniformly random
+subnets, each with KL(teacher || student) on the teacher's detached soft labels (or cross-entropy
+on the labels when distillation is off). Without the BWBA largest student the deployable largest
+subnet was never trained, only its full-precision-weight teacher: on digits it scored 32 % while
+the smallest scored 67 %. The losses are summed and back-propagated
 once. All of it is one ``forward`` so DDP wraps the step as a whole (see :mod:`hwnas.train.loop`).
 """
 
@@ -57,14 +60,17 @@ class Sandwich(nn.Module):
         teacher = net(x)
         teacher_loss = F.cross_entropy(teacher, y)
         net.set_mode(Mode.BWBA)
+        students = plan if self.teacher_mode is not Mode.BWBA else plan[1:]
         student_losses = []
-        for arch in plan[1:]:
+        for arch in students:
             net.set_active(arch)
             out = net(x)
             student_losses.append(distill_loss(out, teacher) if self.config.distill else F.cross_entropy(out, y))
         parts = {"loss_teacher": teacher_loss.detach()}
-        if student_losses:
-            parts["loss_smallest"] = student_losses[0].detach()
+        if self.teacher_mode is not Mode.BWBA:
+            parts["loss_largest"] = student_losses[0].detach()
+        if len(plan) > 1:
+            parts["loss_smallest"] = student_losses[len(students) - len(plan) + 1].detach()
         return teacher_loss + sum(student_losses), parts
 
     def evaluate(self, calib: list, val: list) -> dict[str, float]:
