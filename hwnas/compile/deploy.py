@@ -100,6 +100,19 @@ class CompiledNet:
         return [(label, statistics.median(samples[i][1:])) for i, label in enumerate(labels)]
 
 
+def profile_library(path: str | Path, image: np.ndarray, labels: list[str]) -> list[tuple[str, float]]:
+    """``CompiledNet.profile`` of a library in a fresh process (see why in ``hwnas compile``)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_profile, str(path), image, labels).result()
+
+
+def _profile(path: str, image: np.ndarray, labels: list[str]) -> list[tuple[str, float]]:
+    return CompiledNet.load(path).profile(image, labels)
+
+
 @dataclass(frozen=True)
 class Verification:
     max_rel_error: float  # max |logit difference| / max |reference logit|, over all samples
