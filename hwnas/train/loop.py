@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from hwnas.commands.output import log
+from hwnas.errors import HwnasError
 from hwnas.train.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from hwnas.train.config import TrainConfig
 from hwnas.train.distributed import Dist, barrier
@@ -73,12 +74,12 @@ def epoch_indices(dataset: Dataset, config: TrainConfig, d: Dist, epoch: int) ->
 def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_dir: Path, d: Dist, resume: bool) -> dict:
     """Train ``objective`` as configured, checkpointing into ``run_dir``; returns the last metrics."""
     if config.batch_size % d.world:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
+        raise HwnasError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
     batch = config.batch_size // d.world
     steps_per_epoch = len(epoch_indices(data.train, config, d, 0)) // batch
     if steps_per_epoch == 0:
-        raise ValueError(f"the training split has fewer than {config.batch_size} images; lower batch_size")
-    trainable = objective.trainable
+        raise HwnasError(f"the training split has fewer than {config.batch_size} images; lower batch_size")
+    trainable = objective.trainable.to(d.device)  # before the optimizer, so its state lives on the device
     optimizer = build_optimizer(trainable, config.lr, config.weight_decay)
     warmup = round(config.warmup_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, config.epochs * steps_per_epoch, warmup)
@@ -95,7 +96,6 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
         if d.main:
             _trim_metrics(run_dir / METRICS, pos.epoch)
             log(f"resuming {run_dir} at epoch {pos.epoch + 1}, step {pos.step} ({pos.global_step} steps done)")
-    trainable.to(d.device)
     model = objective
     if d.world > 1:
         ids = [d.device.index] if d.device.type == "cuda" else None
@@ -123,7 +123,7 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
         indices = epoch_indices(data.train, config, d, pos.epoch)[pos.step * batch : steps_per_epoch * batch]
         loader = DataLoader(data.train, batch_size=batch, sampler=indices, num_workers=config.workers, drop_last=True)
         totals: dict[str, float] = {}
-        images, start = 0, time.perf_counter()
+        images, steps, start = 0, 0, time.perf_counter()
         bar = tqdm(
             total=steps_per_epoch, initial=pos.step, desc=f"epoch {pos.epoch + 1}/{config.epochs}", disable=not d.main
         )
@@ -136,6 +136,7 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
             scheduler.step()
             pos.step += 1
             pos.global_step += 1
+            steps += 1
             images += len(y) * d.world
             for key, value in {"loss": loss.detach(), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
@@ -156,7 +157,6 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
             if d.main:
                 log(f"stopped after {pos.global_step} steps (max_steps); --resume continues")
             break
-        done = pos.step
         pos.epoch, pos.step = pos.epoch + 1, 0
         last = {
             "epoch": pos.epoch,
@@ -164,7 +164,7 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
             "lr": scheduler.get_last_lr()[0],
             "images_per_s": images / max(time.perf_counter() - start, 1e-9) if images else None,
             "elapsed_s": pos.elapsed,
-            **{key: value / max(done, 1) for key, value in totals.items()},
+            **{key: value / max(steps, 1) for key, value in totals.items()},  # this session's steps
         }
         if d.main and (pos.epoch % config.eval_every == 0 or pos.epoch == config.epochs):
             last.update(objective.evaluate(data.calib, data.val))
