@@ -57,19 +57,50 @@ class Layer:
         raise ArchError(f"{where}: a layer is a string like 'c384_k5_g8' or an object, got {value!r}")
 
 
-@dataclass(frozen=True)
-class LayerShape:
-    """Everything a consumer needs about one searched layer at one input resolution."""
+CONFIG_FIELDS = ("c_in", "c_out", "k", "g", "stride", "size_in")
 
-    stage: int  # 0-based
-    index: int  # 0-based within the stage
+
+@dataclass(frozen=True, order=True)
+class LayerConfig:
+    """A searched layer's dimensions at one input size: what its kernels are built and measured for.
+
+    Two layers with the same configuration run the same kernels; everything else (output size,
+    padding) follows from it.
+    """
+
     c_in: int
     c_out: int
     k: int
     g: int
     stride: int
     size_in: int
-    size_out: int
+
+    @property
+    def size_out(self) -> int:
+        return conv_out_size(self.size_in, self.k, self.stride)
+
+    @classmethod
+    def of(cls, layer: LayerConfig) -> LayerConfig:
+        """The configuration alone (without a LayerShape's position)."""
+        return cls(*(getattr(layer, name) for name in CONFIG_FIELDS))
+
+    def to_json(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in CONFIG_FIELDS}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LayerConfig:
+        return cls(*(int(obj[name]) for name in CONFIG_FIELDS))
+
+    def __str__(self) -> str:
+        return f"{self.c_in}->{self.c_out} k{self.k} g{self.g} s{self.stride} @{self.size_in}"
+
+
+@dataclass(frozen=True)
+class LayerShape(LayerConfig):
+    """A layer configuration at its place in an architecture: 0-based stage and index in the stage."""
+
+    stage: int
+    index: int
 
 
 def conv_out_size(size: int, k: int, stride: int) -> int:
@@ -108,9 +139,9 @@ class Arch:
         c_in, size = self.stem, self.stem_size(resolution)
         for s, i, layer in self.layers():
             stride = self.strides[s] if i == 0 else 1
-            out = conv_out_size(size, layer.k, stride)
-            shapes.append(LayerShape(s, i, c_in, layer.c, layer.k, layer.g, stride, size, out))
-            c_in, size = layer.c, out
+            shape = LayerShape(c_in, layer.c, layer.k, layer.g, stride, size, stage=s, index=i)
+            shapes.append(shape)
+            c_in, size = layer.c, shape.size_out
         return shapes
 
     def to_json(self) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hwnas.arch import Arch
-from targets.configs import CONFIG_FIELDS, LayerConfig
+from hwnas.arch import CONFIG_FIELDS, Arch, LayerConfig
 
 FEATURE_SCHEMA_VERSION = 2
 WORD_BITS = 64

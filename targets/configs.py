@@ -11,45 +11,13 @@ configuration once and the predictor looks layers up by it.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-from hwnas.arch import Arch, LayerShape, conv_out_size
+from hwnas.arch import Arch, LayerConfig, conv_out_size
 from hwnas.space import SearchSpace
 
-CONFIG_FIELDS = ("c_in", "c_out", "k", "g", "stride", "size_in")
 NETWORK_CLASSES = 1000
 """Classes of the profiled networks' classifiers (ImageNet's), so of the measured heads."""
-
-
-@dataclass(frozen=True, order=True)
-class LayerConfig:
-    """One searched layer's kernel configuration (batch 1, square inputs)."""
-
-    c_in: int
-    c_out: int
-    k: int
-    g: int
-    stride: int
-    size_in: int
-
-    @property
-    def size_out(self) -> int:
-        return conv_out_size(self.size_in, self.k, self.stride)
-
-    @classmethod
-    def of(cls, shape: LayerShape) -> LayerConfig:
-        return cls(shape.c_in, shape.c_out, shape.k, shape.g, shape.stride, shape.size_in)
-
-    def to_json(self) -> dict[str, int]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> LayerConfig:
-        return cls(**{f.name: int(obj[f.name]) for f in fields(cls)})
-
-    def __str__(self) -> str:
-        return f"{self.c_in}->{self.c_out} k{self.k} g{self.g} s{self.stride} @{self.size_in}"
 
 
 def arch_configs(arch: Arch, resolution: int) -> list[LayerConfig]:

@@ -15,7 +15,8 @@ from predictors.ops import count_ops, layer_bops
 
 def test_layer_bops_by_hand():
     # 2x2 output, group conv 4->4 in 2 groups of 2 with 3x3 kernels, then 1x1 4->8
-    shape = LayerShape(stage=0, index=0, c_in=4, c_out=8, k=3, g=2, stride=2, size_in=4, size_out=2)
+    shape = LayerShape(c_in=4, c_out=8, k=3, g=2, stride=2, size_in=4, stage=0, index=0)
+    assert shape.size_out == 2
     assert layer_bops(shape) == 4 * 4 * 2 * 9 + 4 * 4 * 8 == 416
 
 

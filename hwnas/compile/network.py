@@ -15,12 +15,12 @@ Weights are Relax constants, so the exported library is self-contained: ``main(i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import tvm
 from tvm import relax
 
+from hwnas.arch import LayerConfig
 from hwnas.compile.binconv import ConvShape, Tile, binary_conv2d
 from hwnas.compile.bitpack import pack_weights, packer_for
 from hwnas.compile.epilogue import Residual
@@ -30,19 +30,7 @@ from hwnas.compile.realparts import head_kernel, stem_kernel
 OPAQUE = 8  # relax's kOpaque op pattern: keep the scheduled kernels out of operator fusion
 
 
-class LayerDims(Protocol):
-    """A searched layer's dimensions: ``hwnas.arch.LayerShape`` or ``targets.configs.LayerConfig``."""
-
-    c_in: int
-    c_out: int
-    k: int
-    g: int
-    stride: int
-    size_in: int
-    size_out: int
-
-
-def layer_convs(layer: LayerDims) -> tuple[tuple[ConvShape, Residual], tuple[ConvShape, Residual]]:
+def layer_convs(layer: LayerConfig) -> tuple[tuple[ConvShape, Residual], tuple[ConvShape, Residual]]:
     """A searched layer's two binary convs, each with the shortcut its epilogue fuses.
 
     The k x k group conv (c_in -> c_in) adds its input, average-pooled when it strides; the 1x1
