@@ -151,6 +151,26 @@ class SearchSpace:
             stages.append(tuple(layers))
         return Arch(stem, tuple(stages), self.strides)
 
+    def translate(self, arch: Arch, other: SearchSpace) -> Arch:
+        """``arch`` of this space as the architecture of ``other`` making the same choices.
+
+        Widths map by their index among the stage's choices (a space scaled by a width multiplier
+        maps back to the full widths); depths, kernels and groups stay. Used to price a subnet of
+        a reduced-width supernet at deployment scale.
+        """
+        if len(other.stages) != len(self.stages) or other.strides != self.strides:
+            raise ArchError("translate: the two spaces differ in stages or strides")
+        self.validate(arch)
+
+        def width(c: int, src: tuple[int, ...], dst: tuple[int, ...]) -> int:
+            return dst[src.index(c)]
+
+        stages = tuple(
+            tuple(Layer(width(x.c, a.widths, b.widths), x.k, x.g) for x in stage)
+            for stage, a, b in zip(arch.stages, self.stages, other.stages, strict=True)
+        )
+        return other.validate(Arch(width(arch.stem, self.stem_widths, other.stem_widths), stages, arch.strides))
+
     def largest(self) -> Arch:
         """Every depth, width and kernel at its maximum, the fewest groups (the most computation)."""
         return self._extreme(max, min)

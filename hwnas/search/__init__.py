@@ -1,0 +1,1 @@
+"""Searching the supernet: the parameter encoding, objectives, Optuna studies, fronts and the OPs-vs-latency comparison."""
