@@ -1,1 +1,1 @@
-"""Searching the supernet: the parameter encoding, objectives, Optuna studies, fronts and the OPs-vs-latency comparison."""
+"""Searching the supernet: parameter encoding, objectives, Optuna studies, fronts, OPs-vs-latency comparison."""
