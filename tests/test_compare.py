@@ -1,0 +1,154 @@
+"""The OPs-vs-latency comparison on hand-built fronts with a fake, counting ``measure``."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from hwnas.arch import Arch
+from hwnas.search.compare import compare, default_budgets
+from hwnas.search.hypervolume import dominates, hypervolume, non_dominated
+from hwnas.search.points import Point
+from hwnas.space import NASBNN
+
+TARGET = "fake-cpu"
+ARCHS = [NASBNN.sample(random.Random(i)) for i in range(6)]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def point(number: int, arch: int, acc: float, ops_m: float, predicted_ms: float | None) -> Point:
+    latency = {} if predicted_ms is None else {TARGET: predicted_ms}
+    return Point(number, ARCHS[arch], ARCHS[arch], acc, ops_m, latency)
+
+
+class FakeMeasure:
+    """Known median latency per arch index; counts calls per arch."""
+
+    def __init__(self, ms: dict[int, float]) -> None:
+        self.ms = {ARCHS[i]: v for i, v in ms.items()}
+        self.calls: Counter[Arch] = Counter()
+
+    def __call__(self, arch: Arch) -> tuple[float, float]:
+        self.calls[arch] += 1
+        return self.ms[arch], 0.01 * self.ms[arch]
+
+
+# OPs front: trials 0-2 on archs 0-2; latency front: trials 10-12 on archs 3, 4 and 2 (shared with trial 2).
+# Latency-front 10 dominates OPs-front 0 and 11 dominates 1 in measured space; 12 equals 2.
+OPS_FRONT = [point(0, 0, 0.60, 100, 2.08), point(1, 1, 0.65, 150, 5.5), point(2, 2, 0.70, 200, 9.3)]
+LATENCY_FRONT = [point(10, 3, 0.62, 160, 1.9), point(11, 4, 0.66, 180, 4.1), point(12, 2, 0.70, 200, 9.3)]
+MEASURED = {0: 2.0, 1: 6.0, 2: 10.0, 3: 1.8, 4: 4.0}
+
+
+@pytest.fixture
+def measure() -> FakeMeasure:
+    return FakeMeasure(MEASURED)
+
+
+@pytest.fixture
+def comparison(measure):
+    return compare(OPS_FRONT, LATENCY_FRONT, TARGET, measure, budgets=[10.0, 1.5, 2.0, 5.0])
+
+
+def test_dominance_and_exact_hypervolume():
+    # (60, 2) and (70, 4) are the front; (65, 5) is dominated by (70, 4) and adds nothing.
+    points = [(60.0, 2.0), (70.0, 4.0), (65.0, 5.0)]
+    assert non_dominated(points) == [0, 1]
+    assert dominates((70.0, 4.0), (65.0, 5.0)) and dominates((70.0, 4.0), (70.0, 5.0))
+    assert not dominates((70.0, 4.0), (70.0, 4.0)) and not dominates((60.0, 2.0), (70.0, 4.0))
+    assert hypervolume(points, (0.0, 10.0)) == pytest.approx(8 * 60 + 6 * 10)
+    assert hypervolume(points[:2], (0.0, 10.0)) == hypervolume(points, (0.0, 10.0))
+    assert hypervolume([(70.0, 12.0), (-1.0, 1.0)], (0.0, 10.0)) == 0.0  # outside the reference box
+
+
+def test_each_distinct_deployed_arch_is_measured_once(comparison, measure):
+    assert measure.calls == Counter({ARCHS[i]: 1 for i in MEASURED})
+    assert [m.measured_ms for m in comparison.latency] == [1.8, 4.0, 10.0]
+    assert [m.predicted_ms for m in comparison.ops] == [2.08, 5.5, 9.3]
+    assert len(comparison.distinct()) == 5
+
+
+def test_hypervolume_with_one_shared_reference(comparison):
+    assert comparison.reference == pytest.approx((0.0, 11.0))
+    hv = comparison.hypervolumes()
+    assert hv["ops"] == pytest.approx(9 * 0.60 + 5 * 0.05 + 1 * 0.05)
+    assert hv["latency"] == pytest.approx(9.2 * 0.62 + 7 * 0.04 + 1 * 0.04)
+
+
+def test_front_no_longer_non_dominated_on_measured_latency():
+    # Fewer OPs but slower when measured: trial 0 falls off its own front, the HV is trial 1's alone.
+    ops_front = [point(0, 0, 0.60, 100, 2.0), point(1, 1, 0.65, 150, 3.0)]
+    c = compare(ops_front, [point(10, 2, 0.5, 300, 4.0)], TARGET, FakeMeasure({0: 5.0, 1: 3.0, 2: 4.0}))
+    assert c.reference == pytest.approx((0.0, 5.5))
+    assert c.hypervolumes()["ops"] == pytest.approx(2.5 * 0.65)
+
+
+def test_dominated_share(comparison):
+    assert comparison.dominated_share() == {"ops": pytest.approx(2 / 3), "latency": 0.0}
+
+
+def test_budget_picks(comparison):
+    picks = {budget: {name: m and m.point.number for name, m in p.items()} for budget, p in comparison.picks()}
+    assert picks == {
+        1.5: {"ops": None, "latency": None},
+        2.0: {"ops": 0, "latency": 10},  # a latency that equals the budget fits
+        5.0: {"ops": 0, "latency": 11},
+        10.0: {"ops": 2, "latency": 12},
+    }
+
+
+def test_default_budgets_span_the_measured_range_rounded_up():
+    assert default_budgets([2.0, 4.0, 10.0, 1.8]) == pytest.approx((1.8, 4.54, 7.27, 10.0))
+    assert default_budgets([0.12345, 0.2]) == pytest.approx((0.124, 0.149, 0.175, 0.2))
+    c = compare(OPS_FRONT, LATENCY_FRONT, TARGET, FakeMeasure(MEASURED))
+    assert c.budgets == default_budgets(list(MEASURED.values()))
+    assert c.picks()[0][1]["latency"].point.number == 10  # the fastest subnet fits the smallest budget
+
+
+def test_kendall_tau_and_predictor_error(comparison):
+    ranking = comparison.ranking()
+    assert ranking["subnets"] == 5
+    assert ranking["predictor"]["kendall_tau"] == pytest.approx(1.0)  # predictions in measured order
+    assert ranking["predictor"]["within_10pct"] == 1.0
+    assert ranking["predictor"]["within_5pct"] == pytest.approx(2 / 5)  # 4 % and 2.5 % off; others 5.6-8.3 %
+
+
+def test_kendall_tau_signs_on_monotone_data():
+    # More OPs, faster; predictions in measured order except one missing prediction.
+    ops_front = [point(i, i, 0.6 + 0.01 * i, 100 + 10 * i, 5.0 - i) for i in range(3)]
+    latency_front = [point(10, 3, 0.5, 200, None), point(11, 4, 0.55, 300, 0.5)]
+    c = compare(ops_front, latency_front, TARGET, FakeMeasure({0: 5.0, 1: 4.0, 2: 3.0, 3: 2.0, 4: 1.0}))
+    ranking = c.ranking()
+    assert ranking["ops_kendall_tau"] == pytest.approx(-1.0)
+    assert ranking["predictor"]["kendall_tau"] == pytest.approx(1.0)
+    assert ranking["predictor"]["n"] == 4
+
+
+def test_to_json_round_trips(comparison):
+    data = comparison.to_json()
+    assert json.loads(json.dumps(data)) == data
+    assert Arch.from_json(data["fronts"]["latency"][2]["deployed"]) == ARCHS[2]
+    assert data["budgets"][0] == {"budget_ms": 1.5, "ops": None, "latency": None}
+    assert data["budgets"][1]["latency"]["measured_ms"] == 1.8
+
+
+def test_text_and_report(comparison, tmp_path):
+    text = comparison.text()
+    assert "latency - ops acc" in text and "+0.020" in text and "2/3 (67%)" in text
+    report = comparison.write_report(tmp_path / "cmp")
+    assert report == tmp_path / "cmp" / "report.md"
+    md = report.read_text()
+    for expected in (
+        "## OPs front (3 subnets)",
+        "## latency front (3 subnets)",
+        "Hypervolume",
+        "Kendall tau",
+        "| 11 | 0.660 | 180.0 | 4.1 | 4 |",
+    ):
+        assert expected in md
+    for name in ("accuracy_vs_latency.png", "accuracy_vs_ops.png"):
+        assert f"]({name})" in md
+        assert (tmp_path / "cmp" / name).read_bytes().startswith(PNG)
