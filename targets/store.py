@@ -181,6 +181,15 @@ class Store:
             )
         return Measurement(key, median, spread, len(samples_ms), when)
 
+    def get(self, key: Key) -> Measurement | None:
+        """The measurement of ``key``, or None if it was never made."""
+        row = self._db.execute(
+            "SELECT median_ms, spread_ms, repeats, measured_at FROM measurements WHERE target = ? AND tvm_version = ?"
+            " AND method = ? AND kind = ? AND config = ? AND resolution = ?",
+            (self.target, self.version, self.method, key.kind, key.config, key.resolution),
+        ).fetchone()
+        return Measurement(key, *row) if row else None
+
     def measurements(self, kind: str | None = None) -> list[Measurement]:
         """All measurements of this target, TVM version and method (of one kind if given), oldest first."""
         query = "SELECT kind, config, resolution, median_ms, spread_ms, repeats, measured_at FROM measurements"

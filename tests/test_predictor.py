@@ -23,12 +23,11 @@ from predictors.features import (
 from predictors.latency import Calibration, LatencyPredictor, PredictorError, fit, predictor_dir
 from predictors.metrics import accuracy
 from predictors.ops import layer_bops
-from targets.configs import arch_configs, layer_configs, part_configs, sample_networks
-from targets.profile import layer_key, network_key, part_key
+from targets.configs import arch_configs
 from targets.store import Store
 from targets.target import load_target
+from tests.synthetic import RES, column, fill_store, true_part_ms
 
-RES = 224
 TARGET = "x86-avx2"  # needs no device: the measurements here are synthetic
 
 
@@ -38,45 +37,12 @@ def _home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "home"
 
 
-def column(features: np.ndarray, name: str) -> np.ndarray:
-    return features[:, LAYER_FEATURES.index(name)]
-
-
-def true_layer_ms(configs) -> np.ndarray:
-    """The synthetic target: popcount word operations and bytes moved, plus a fixed cost per layer."""
-    f = layer_features(config_matrix(configs))
-    return (
-        2e-6 * column(f, "word_ops_group") + 5e-7 * column(f, "word_ops_point") + 3e-7 * column(f, "bytes_moved") + 0.02
-    )
-
-
-def true_part_ms(kind: str, c: int) -> float:
-    """The synthetic stem (grows with its width) and head (fixed)."""
-    return 0.1 + 0.004 * c if kind == "stem" else 0.3
-
-
-def fill_store(networks: int, noise: float = 0.02, seed: int = 0) -> None:
-    """Every layer, stem and head config of NASBNN and ``networks`` subnets, latencies from the
-    formula with noise."""
-    rng = np.random.default_rng(seed)
-    with Store.for_target(load_target(TARGET)) as store:
-        configs = layer_configs(NASBNN, RES)
-        for config, ms in zip(configs, true_layer_ms(configs), strict=True):
-            store.add(layer_key(config, RES), ms * rng.lognormal(0, noise, 5))
-        for part in part_configs(NASBNN, RES):
-            store.add(part_key(part, RES), [true_part_ms(part.kind, part.to_json()["c"])])
-        for arch in sample_networks(NASBNN, networks, seed):
-            parts = true_part_ms("stem", arch.stem) + true_part_ms("head", arch.last_width)
-            ms = 1.15 * (true_layer_ms(arch_configs(arch, RES)).sum() + parts) + 0.2
-            store.add(network_key(arch, RES), ms * rng.lognormal(0, noise, 5))
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[LatencyPredictor, Path]:
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HWNAS_HOME", str(home))
-        fill_store(networks=60)
+        fill_store(TARGET, networks=60)
         target = load_target(TARGET)
         with Store.for_target(target) as store:
             predictor = fit(target, store, RES, n_estimators=300)

@@ -1,11 +1,16 @@
 """`hwnas pipeline`: the main job on the built-in defaults, resumable step by step.
 
-Steps, each skipped when its output already exists (a rerun after a kill continues):
-1. train the supernet on the built-in digits data (resumes an interrupted run);
-2. evaluate the largest, the smallest and 20 random subnets on the test split, BN recalibrated;
-3. compile the largest and the smallest subnet with TVM for this CPU, verify each against
-   PyTorch and time it against the float32 PyTorch network of the same architecture.
-Search, profiling and the OPs-vs-latency comparison join as their issues land.
+Steps, each skipped when its result file exists (a rerun after a kill continues; the training,
+profiling and search steps also resume their own partial work):
+1. ``train``: the supernet on the built-in digits data;
+2. ``eval``: the largest, the smallest and 20 random subnets on the test split, BN recalibrated;
+3. ``profile``: the local target's layer kernels, stem, head and a few whole subnets (224x224);
+4. ``predictor``: fit the local target's latency predictor and evaluate it on held-out measurements;
+5. ``search-ops`` and ``search-latency``: an OPs search and a latency search under default budgets
+   (halfway between the smallest and the largest subnet's OPs, resp. predicted latency);
+6. ``compile``: the most accurate subnet of each front, compiled with TVM for this CPU, checked
+   against PyTorch and timed against the float32 PyTorch network of the same architecture;
+7. ``compare``: both fronts measured on the local target; the report in ``OUT/report``.
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, log, table
 from hwnas.train.checkpoint import FILENAME
 from hwnas.train.config import add_override_flags, overrides, resolve
 from hwnas.train.run import load_run, read_config, resolve_for_resume, train_supernet
+from targets.target import load_target
 
 RANDOM_SUBNETS = 20
+TARGET = "local"
+PROFILE_NETWORKS = 30
+SEARCH_TRIALS = 100
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,24 +94,64 @@ def _evaluate(run_dir: Path) -> dict[str, Any]:
     return result
 
 
-def _compile(run_dir: Path, out: Path) -> dict[str, Any]:
+def _profile() -> dict[str, Any]:
+    from targets.profiling import Plan, profile_target
+
+    return profile_target(load_target(TARGET), Plan(networks=PROFILE_NETWORKS))
+
+
+def _fit() -> dict[str, Any]:
+    from predictors.evaluate import evaluate
+    from predictors.latency import fit
+    from targets.store import Store
+
+    target = load_target(TARGET)
+    with Store.for_target(target) as store:
+        predictor = fit(target, store)
+        predictor.save()
+        summary = evaluate(predictor, store).summary
+    nets = summary["networks"]
+    log(
+        f"[predictor] held-out networks: {nets['n']}, within +-10 % {100 * (nets.get('within_10pct') or 0):.0f} %, "
+        f"Kendall tau {nets.get('kendall_tau') or float('nan'):.2f}"
+    )
+    return summary
+
+
+def _search(run_dir: Path, objective: str) -> dict[str, Any]:
+    from hwnas.search.objectives import CostModel
+    from hwnas.search.study import SearchSettings, search
+
+    run = load_run(run_dir)
+    costs = CostModel.for_targets(run.space, (TARGET,))
+    ends = (run.space.smallest(), run.space.largest())
+    if objective == "ops":
+        budget = {"budget_mops": sum(costs.ops_m(a) for a in ends) / 2}
+    else:
+        budget = {"budget_ms": sum(costs.latency_ms(a)[TARGET] for a in ends) / 2}
+    settings = SearchSettings(objective, (TARGET,), **budget)
+    log(f"[search-{objective}] {SEARCH_TRIALS} trials, budget {budget}")
+    return search(run_dir, settings, SEARCH_TRIALS).to_json()
+
+
+def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, Any]:
     from hwnas.compile.deploy import CompiledNet, compile_subnet, export, float_baseline, time_torch_ms, verify
     from hwnas.train.evaluate import calibrated_subnet
-    from targets.target import load_target
 
     run = load_run(run_dir)
     res, calib = run.config.resolution, run.calibration_batches()
     image = np.random.default_rng(0).standard_normal((1, 3, res, res), dtype=np.float32)
     result = {}
-    for name, arch in (("largest", run.space.largest()), ("smallest", run.space.smallest())):
+    for name, arch in winners.items():
         subnet = calibrated_subnet(run.supernet, arch, calib)
-        path = export(compile_subnet(subnet, res, load_target("local").tvm_target()), out / f"{name}.so")
+        path = export(compile_subnet(subnet, res, load_target(TARGET).tvm_target()), out / f"{name}.so")
         (out / f"{name}.json").write_text(arch.dumps() + "\n")
         net = CompiledNet.load(path)
         check = verify(net, subnet, res)
         ms = net.time_ms(image)[0]
         torch_ms = time_torch_ms(float_baseline(arch, run.splits.num_classes), image)[0]
         result[name] = {
+            "arch": arch.to_json(),
             "library": str(path),
             "verified": check.ok,
             "max_rel_error": check.max_rel_error,
@@ -113,26 +163,41 @@ def _compile(run_dir: Path, out: Path) -> dict[str, Any]:
     return result
 
 
+def _best(search_result: dict[str, Any]) -> Arch:
+    """The most accurate subnet of a search's front."""
+    return Arch.from_json(max(search_result["front"], key=lambda p: p["accuracy"])["arch"])
+
+
+def _compare(run_dir: Path, out: Path) -> dict[str, Any]:
+    from hwnas.search.comparing import compare_studies
+
+    comparison = compare_studies(run_dir, TARGET)
+    report = comparison.write_report(out / "report")
+    log(f"[compare] report: {report}")
+    return {**comparison.to_json(), "report": str(report)}
+
+
 def cmd_pipeline(args: argparse.Namespace) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     run_dir, times = out / "supernet", {}
     started = time.perf_counter()
-    train = _step(out, "train", lambda: _train(run_dir, args), times)
-    accuracy = _step(out, "eval", lambda: _evaluate(run_dir), times)
-    compiled = _step(out, "compile", lambda: _compile(run_dir, out), times)
-    data = {
-        "out": str(out),
-        "train": train,
-        "eval": accuracy,
-        "compile": compiled,
-        "step_seconds": times,
-        "wall_seconds": time.perf_counter() - started,
-    }
+    data: dict[str, Any] = {"out": str(out)}
+    data["train"] = _step(out, "train", lambda: _train(run_dir, args), times)
+    data["eval"] = _step(out, "eval", lambda: _evaluate(run_dir), times)
+    data["profile"] = _step(out, "profile", _profile, times)
+    data["predictor"] = _step(out, "predictor", _fit, times)
+    for objective in ("ops", "latency"):
+        data[f"search-{objective}"] = _step(out, f"search-{objective}", lambda o=objective: _search(run_dir, o), times)
+    winners = {f"best-{o}": _best(data[f"search-{o}"]) for o in ("ops", "latency")}
+    data["compile"] = _step(out, "compile", lambda: _compile(run_dir, out, winners), times)
+    data["compare"] = _step(out, "compare", lambda: _compare(run_dir, out), times)
+    data["step_seconds"] = times
+    data["wall_seconds"] = time.perf_counter() - started
+    accuracy, compiled = data["eval"], data["compile"]
     rows = [
         (
             name,
-            f"{accuracy[name]:.3f}",
             f"{c['latency_ms']:.3f}",
             f"{c['torch_fp32_ms']:.3f}",
             f"{c['speedup']:.1f}",
@@ -140,7 +205,9 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         )
         for name, c in compiled.items()
     ]
-    text = table(("subnet", "test top-1", "TVM ms", "torch fp32 ms", "speedup", "verified"), rows)
-    text += f"\nrandom subnets: mean test top-1 {accuracy['random']['mean']:.3f} over {accuracy['random']['n']}"
+    text = f"test top-1: largest {accuracy['largest']:.3f}, smallest {accuracy['smallest']:.3f}, "
+    text += f"mean of {accuracy['random']['n']} random {accuracy['random']['mean']:.3f}\n\n"
+    text += table(("winner", "TVM ms", "torch fp32 ms", "speedup", "verified"), rows)
+    text += f"\n\nOPs vs latency: {data['compare']['report']}"
     text += f"\noutputs in {out}; step times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
     emit(args, data, text)

@@ -6,13 +6,11 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from hwnas.commands.output import add_json_flag, emit, log, table
-from hwnas.space import NASBNN
+from hwnas.commands.output import add_json_flag, emit, table
 from predictors.evaluate import evaluate
 from predictors.latency import DEFAULT_HOLDOUT, MIN_CALIBRATION_NETWORKS, LatencyPredictor, fit, predictor_dir
-from targets.configs import layer_configs, part_configs, sample_configs, sample_networks
-from targets.profile import layer_jobs, layer_key, network_jobs, network_key, part_jobs, part_key, run_jobs
-from targets.session import open_session
+from targets.measured import Timing
+from targets.profiling import Plan, profile_target
 from targets.store import Store
 from targets.target import BUILTIN_DIR, load_target, target_files, user_targets_dir
 
@@ -83,49 +81,16 @@ def cmd_targets(args: argparse.Namespace) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from targets import measure_tvm
-
     target = load_target(args.target)
-    configs = sample_configs(layer_configs(NASBNN, args.resolution), args.layers, args.seed)
-    parts = part_configs(NASBNN, args.resolution) if configs else []  # the predictor needs them with layers
-    archs = sample_networks(NASBNN, args.networks, args.seed) if args.networks else []
-    with Store.for_target(target) as store:
-        left = {
-            "layers": store.missing(layer_key(c, args.resolution) for c in configs),
-            "parts": store.missing(part_key(p, args.resolution) for p in parts),
-            "networks": store.missing(network_key(a, args.resolution) for a in archs),
-        }
-        log(
-            f"target {target.name} ({target.connection}): {len(configs)} layer configs, {len(parts)} stem/head "
-            f"configs and {len(archs)} networks, {' + '.join(str(len(v)) for v in left.values())} to measure; "
-            f"store {store.path}"
-        )
-        reports = {}
-        if any(left.values()):
-            with store.exclusive(), open_session(target) as session:
-                timing = {"repeat": args.repeat, "min_repeat_ms": args.min_repeat_ms, "tries": args.tries}
-                jobs = {}
-                if left["layers"]:
-                    jobs["layers"] = layer_jobs(configs, args.resolution, measure_tvm.layer_measure(session, **timing))
-                if left["parts"]:
-                    jobs["parts"] = part_jobs(parts, args.resolution, measure_tvm.part_measure(session, **timing))
-                if left["networks"]:
-                    measure = measure_tvm.network_measure(session, **timing)
-                    jobs["networks"] = network_jobs(archs, args.resolution, measure)
-                reports = {kind: run_jobs(store, kind_jobs) for kind, kind_jobs in jobs.items()}
-        data = {
-            "target": target.name,
-            "store": str(store.path),
-            "resolution": args.resolution,
-            "runs": {kind: report.to_json() for kind, report in reports.items()},
-            "stored": store.counts(),
-        }
+    plan = Plan(args.resolution, args.layers, args.networks, args.seed)
+    data = profile_target(target, plan, Timing(args.repeat, args.min_repeat_ms, args.tries))
+    runs = data["runs"]
     lines = [
-        f"{kind}: {r.measured} measured, {r.already} already stored, {len(r.failed)} failed"
-        for kind, r in reports.items()
+        f"{kind}: {r['measured']} measured, {r['already_measured']} already stored, {len(r['failed'])} failed"
+        for kind, r in runs.items()
     ] or ["nothing left to measure"]
-    lines += [f"  failed {what}: {error}" for r in reports.values() for what, error in r.failed]
-    lines += [f"{kind}: {r.stopped}" for kind, r in reports.items() if r.stopped]
+    lines += [f"  failed {f['what']}: {f['error']}" for r in runs.values() for f in r["failed"]]
+    lines += [f"{kind}: {r['stopped']}" for kind, r in runs.items() if r["stopped"]]
     lines.append(f"stored for {target.name}: " + ", ".join(f"{n} {k}" for k, n in data["stored"].items()))
     emit(args, data, "\n".join(lines))
 

@@ -1,0 +1,45 @@
+"""The plot of one study: every trial, the infeasible ones marked, and its Pareto front (PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hwnas.search.points import Point
+
+
+def front_png(
+    path: Path,
+    trials: Sequence[Point],
+    front: Sequence[Point],
+    cost: Callable[[Point], float],
+    cost_label: str,
+    title: str,
+) -> Path:
+    """Accuracy against ``cost`` for every trial (feasible dots, infeasible crosses) and the front as steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for feasible, style in (
+        (True, dict(marker=".", color="0.6", label="trials")),
+        (False, dict(marker="x", color="tab:red", label="over budget")),
+    ):
+        chosen = [p for p in trials if p.feasible == feasible]
+        if chosen:
+            ax.scatter([cost(p) for p in chosen], [p.accuracy for p in chosen], s=14, alpha=0.7, **style)
+    if front:
+        ax.step([cost(p) for p in front], [p.accuracy for p in front], where="post", color="tab:blue")
+        ax.scatter([cost(p) for p in front], [p.accuracy for p in front], color="tab:blue", s=24, label="front")
+    ax.set_xlabel(cost_label)
+    ax.set_ylabel("top-1 accuracy (search split)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,62 @@
+"""A synthetic target: latencies from a known formula, written into a target's store, so that
+predictors can be trained and searched with in tests without a device."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwnas.space import NASBNN
+from predictors.features import LAYER_FEATURES, config_matrix, layer_features
+from predictors.latency import LatencyPredictor, fit
+from targets.configs import arch_configs, layer_configs, part_configs, sample_networks
+from targets.profile import layer_key, network_key, part_key
+from targets.store import Store
+from targets.target import load_target
+
+RES = 224
+
+
+def column(features: np.ndarray, name: str) -> np.ndarray:
+    return features[:, LAYER_FEATURES.index(name)]
+
+
+def true_layer_ms(configs, scale: float = 1.0) -> np.ndarray:
+    """Popcount word operations and bytes moved, plus a fixed cost per layer."""
+    f = layer_features(config_matrix(configs))
+    return scale * (
+        2e-6 * column(f, "word_ops_group") + 5e-7 * column(f, "word_ops_point") + 3e-7 * column(f, "bytes_moved") + 0.02
+    )
+
+
+def true_part_ms(kind: str, c: int) -> float:
+    """The stem (grows with its width) and head (fixed)."""
+    return 0.1 + 0.004 * c if kind == "stem" else 0.3
+
+
+def fill_store(
+    target: str, networks: int, noise: float = 0.02, seed: int = 0, scale: float = 1.0, res: int = RES
+) -> None:
+    """Every layer, stem and head config of NASBNN at ``res`` and ``networks`` subnets of ``target``
+    (in the current HWNAS_HOME), latencies from the formula (layers times ``scale``) with noise."""
+    rng = np.random.default_rng(seed)
+    with Store.for_target(load_target(target)) as store:
+        configs = layer_configs(NASBNN, res)
+        for config, ms in zip(configs, true_layer_ms(configs, scale), strict=True):
+            store.add(layer_key(config, res), ms * rng.lognormal(0, noise, 5))
+        for part in part_configs(NASBNN, res):
+            store.add(part_key(part, res), [true_part_ms(part.kind, part.to_json()["c"])])
+        for arch in sample_networks(NASBNN, networks, seed):
+            parts = true_part_ms("stem", arch.stem) + true_part_ms("head", arch.last_width)
+            ms = 1.15 * (true_layer_ms(arch_configs(arch, res), scale).sum() + parts) + 0.2
+            store.add(network_key(arch, res), ms * rng.lognormal(0, noise, 5))
+
+
+def fit_predictor(
+    target: str, networks: int = 20, scale: float = 1.0, n_estimators: int = 300, res: int = RES
+) -> LatencyPredictor:
+    """Fill ``target``'s store synthetically, fit its predictor and save it (in the current HWNAS_HOME)."""
+    fill_store(target, networks, scale=scale, res=res)
+    with Store.for_target(load_target(target)) as store:
+        predictor = fit(load_target(target), store, res, n_estimators=n_estimators)
+    predictor.save()
+    return predictor
