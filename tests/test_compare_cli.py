@@ -56,3 +56,15 @@ def test_compare_errors(searched, capsys):
     assert "no study 'nope'" in capsys.readouterr().err
     assert main(["compare", str(searched), "--studies", "latency-local", "ops"]) == 2
     assert "minimises latency, not OPs" in capsys.readouterr().err
+
+
+def test_measure_is_cached_per_target_arch_and_resolution(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    arch = tmp_path / "small.json"
+    assert main(["sample", "--smallest", "-o", str(arch)]) == 0
+    argv = ["measure", str(arch), "--target", "local", "--resolution", str(RES), "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["latency_ms"] > 0 and first["spread_ms"] >= 0
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == first  # read from the store, not measured again

@@ -89,6 +89,8 @@ def test_scaled_keeps_a_large_budget_and_shrinks_a_small_one() -> None:
     tiny = config.scaled(10, 2)
     assert (tiny.population, tiny.select, tiny.mutations, tiny.crossovers) == (4, 2, 2, 2)
     assert SMALL.scaled(10, 2).crossovers == 2  # a value below the floor stays as it is
+    sixty = config.scaled(60, 4)  # the floors alone would take 4 x 80 trials: fewer generations
+    assert sixty.generations == 3 and 4 * sixty.per_interval <= 60
 
 
 def test_slot_follows_the_trial_number() -> None:

@@ -91,8 +91,10 @@ class EvolutionConfig:
         """This schedule shrunk to fit ``trials`` evaluations over ``intervals`` intervals.
 
         Population, select, mutations and crossovers shrink in proportion (to at least 4, 2, 2, 2,
-        or their own value if smaller); generations stay. A budget that covers the full schedule
-        keeps it. Rounding down leaves a few trials over, which run further generations.
+        or their own value if smaller). Generations stay unless even that would overrun the budget:
+        then as many fit as the budget allows (at least 2), so that every interval is searched. A
+        budget that covers the full schedule keeps it. Rounding down leaves a few trials over,
+        which run further generations.
         """
         if trials < 1 or intervals < 1:
             raise HwnasError("evolution: trials and intervals must be at least 1")
@@ -103,13 +105,15 @@ class EvolutionConfig:
         def shrink(value: int, floor: int) -> int:
             return max(min(value, floor), int(value * factor))
 
-        return replace(
+        small = replace(
             self,
             population=shrink(self.population, 4),
             select=shrink(self.select, 2),
             mutations=shrink(self.mutations, 2),
             crossovers=shrink(self.crossovers, 2),
         )
+        fitting = (trials // intervals - small.population) // (small.mutations + small.crossovers) + 1
+        return replace(small, generations=max(2, min(self.generations, fitting)))
 
     def slot(self, number: int, intervals: int) -> Slot:
         """Where trial ``number`` stands when ``intervals`` intervals are searched one after another."""
