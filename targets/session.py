@@ -88,15 +88,17 @@ class Session:
         kernel then waits for its slowest thread and a whole batch of repeats comes out steadily
         about twice too slow (a low spread does not reveal it). So locally each batch also records
         how much CPU *other* processes used meanwhile (:class:`ForeignLoad`), and up to ``tries``
-        batches are timed, with a growing pause between them, until one is both quiet and steady
+        batches are timed, a short pause after a disturbed one, until one is both quiet and steady
         (inter-quartile range within ``tolerance`` of its median). The kept batch is the quietest,
-        then the steadiest. A remote board cannot be watched from here and is assumed dedicated.
+        then the steadiest. Under a load that lasts (another training), no batch is quiet and the
+        best is kept: profile a target while it is otherwise idle. A remote board cannot be watched
+        from here and is assumed dedicated.
         """
         mod[name](*args)
         timer = mod.time_evaluator(name, self.device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
         watch = ForeignLoad() if self.remote is None else None
         best, best_rank = [], (float("inf"), float("inf"))
-        for attempt in range(tries):
+        for _ in range(tries):
             if watch:
                 watch.start()
             samples = [float(seconds) * 1e3 for seconds in timer(*args).results]
@@ -108,12 +110,14 @@ class Session:
             if not best_rank[0] and best_rank[1] <= tolerance:
                 break
             if busy:
-                time.sleep(min(0.5 * 2**attempt, 8.0))  # let the other job's burst pass
+                time.sleep(BURST_PAUSE_S)
         return best
 
 
 QUIET_CORES = 0.3
 """Other processes may use this many cores during a batch before it counts as disturbed."""
+BURST_PAUSE_S = 0.3
+"""Pause after a disturbed batch, for a short burst (a shell command, a compile) to pass."""
 
 
 class ForeignLoad:

@@ -34,6 +34,14 @@ def toy_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_home(tmp_path_factory) -> None:
+    """No test reads or writes the user's data directory (measurements, predictors, targets)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HWNAS_HOME", str(tmp_path_factory.mktemp("hwnas-home")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)

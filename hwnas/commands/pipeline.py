@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="run the main job on the built-in defaults (resumable)")
     p.add_argument("--out", type=Path, default=Path("hwnas-out"), help="output directory (default hwnas-out)")
     p.add_argument("--config", type=Path, default=None, help="training config file (TOML)")
+    p.add_argument("--profile-networks", type=int, default=PROFILE_NETWORKS, help="whole subnets measured (default 30)")
+    p.add_argument("--search-trials", type=int, default=SEARCH_TRIALS, help="trials per search (default 100)")
     add_override_flags(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_pipeline)
@@ -94,10 +96,10 @@ def _evaluate(run_dir: Path) -> dict[str, Any]:
     return result
 
 
-def _profile() -> dict[str, Any]:
+def _profile(networks: int) -> dict[str, Any]:
     from targets.profiling import Plan, profile_target
 
-    return profile_target(load_target(TARGET), Plan(networks=PROFILE_NETWORKS))
+    return profile_target(load_target(TARGET), Plan(networks=networks))
 
 
 def _fit() -> dict[str, Any]:
@@ -118,7 +120,7 @@ def _fit() -> dict[str, Any]:
     return summary
 
 
-def _search(run_dir: Path, objective: str) -> dict[str, Any]:
+def _search(run_dir: Path, objective: str, trials: int) -> dict[str, Any]:
     from hwnas.search.objectives import CostModel
     from hwnas.search.study import SearchSettings, search
 
@@ -130,8 +132,8 @@ def _search(run_dir: Path, objective: str) -> dict[str, Any]:
     else:
         budget = {"budget_ms": sum(costs.latency_ms(a)[TARGET] for a in ends) / 2}
     settings = SearchSettings(objective, (TARGET,), **budget)
-    log(f"[search-{objective}] {SEARCH_TRIALS} trials, budget {budget}")
-    return search(run_dir, settings, SEARCH_TRIALS).to_json()
+    log(f"[search-{objective}] {trials} trials, budget {budget}")
+    return search(run_dir, settings, trials).to_json()
 
 
 def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, Any]:
@@ -185,10 +187,12 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     data: dict[str, Any] = {"out": str(out)}
     data["train"] = _step(out, "train", lambda: _train(run_dir, args), times)
     data["eval"] = _step(out, "eval", lambda: _evaluate(run_dir), times)
-    data["profile"] = _step(out, "profile", _profile, times)
+    data["profile"] = _step(out, "profile", lambda: _profile(args.profile_networks), times)
     data["predictor"] = _step(out, "predictor", _fit, times)
     for objective in ("ops", "latency"):
-        data[f"search-{objective}"] = _step(out, f"search-{objective}", lambda o=objective: _search(run_dir, o), times)
+        data[f"search-{objective}"] = _step(
+            out, f"search-{objective}", lambda o=objective: _search(run_dir, o, args.search_trials), times
+        )
     winners = {f"best-{o}": _best(data[f"search-{o}"]) for o in ("ops", "latency")}
     data["compile"] = _step(out, "compile", lambda: _compile(run_dir, out, winners), times)
     data["compare"] = _step(out, "compare", lambda: _compare(run_dir, out), times)
