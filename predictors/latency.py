@@ -4,7 +4,7 @@ A layer's latency (its four kernels, as :mod:`targets.measure_tvm` measures them
 by an XGBoost regressor on :mod:`predictors.features`, trained on log-milliseconds so that small
 and large layers weigh alike. The stem and the head take a handful of configurations, all
 measured, so they are looked up, not learnt. A network's latency is ``slope * (sum of layer
-predictions + stem + head) + intercept``: the calibration, a least-squares line fitted on whole
+predictions + stem + head) + intercept``: the calibration, a robust line fitted on whole
 networks measured end to end, absorbs what the kernels leave out (the VM's per-call work, caches
 cold between kernels). With fewer than ``MIN_CALIBRATION_NETWORKS`` measured networks it is the
 identity.
@@ -84,10 +84,19 @@ class Calibration:
 
     @classmethod
     def fit(cls, layer_sum: np.ndarray, measured: np.ndarray) -> Calibration:
-        """Least squares on the networks; the identity with too few of them or a non-positive slope."""
+        """A robust (Huber) line through the networks; the identity with too few of them or a
+        non-positive slope.
+
+        Robust because a network measured while another job held a core comes out about twice too
+        slow with a tight spread (see :meth:`targets.session.Session.time_ms`); with least squares
+        two such networks out of thirty tilted the line by 70 % and every prediction with it.
+        """
         if len(measured) < MIN_CALIBRATION_NETWORKS:
             return cls(networks=len(measured))
-        slope, intercept = np.polyfit(layer_sum, measured, 1)
+        from sklearn.linear_model import HuberRegressor
+
+        line = HuberRegressor(alpha=0.0).fit(np.asarray(layer_sum, dtype=float).reshape(-1, 1), measured)
+        slope, intercept = float(line.coef_[0]), float(line.intercept_)
         if slope <= 0:
             return cls(networks=len(measured))
         return cls(float(slope), float(intercept), len(measured))

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-import torch
-
 from hwnas.arch import Arch
 from hwnas.space import NASBNN, SearchSpace
+from hwnas.train.distributed import set_threads
 from hwnas.train.evaluate import evaluate_subnet
 from hwnas.train.run import Run
 from predictors.latency import LatencyPredictor
@@ -31,8 +30,7 @@ class AccuracyOracle:
     """Top-1 accuracy of subnets of a trained run on its validation split, cached per architecture."""
 
     def __init__(self, run: Run, threads: int | None = None) -> None:
-        if threads:
-            torch.set_num_threads(threads)
+        set_threads(run.config.threads if threads is None else threads)  # as in training: see TrainConfig
         self.run = run
         self.calib = run.calibration_batches()
         self.val = run.batches("val")

@@ -18,7 +18,7 @@ import multiprocessing
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from hwnas.search.encoding import Encoding
 from hwnas.search.objectives import AccuracyOracle, CostModel
 from hwnas.search.points import Point
 from hwnas.search.samplers import make_sampler
+from hwnas.space import SearchSpace
 from hwnas.train.run import load_run
 
 OBJECTIVES = ("latency", "ops")
@@ -120,13 +121,21 @@ def load_study(storage: optuna.storages.BaseStorage, name: str | None) -> tuple[
     return study, SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR])
 
 
-def create_or_check(storage: optuna.storages.BaseStorage, name: str, settings: SearchSettings) -> optuna.Study:
-    """The study ``name``, created with ``settings`` or checked to have been created with them."""
+def create_or_check(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    settings: SearchSettings,
+    anchors: Sequence[dict[str, int]] = (),
+) -> optuna.Study:
+    """The study ``name``, created with ``settings`` (and ``anchors``, parameters its first trials
+    evaluate) or checked to have been created with the same settings."""
     directions = ["maximize"] + ["minimize"] * len(settings.cost_names)
     study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
     saved = study.user_attrs.get(SETTINGS_ATTR)
     if saved is None:
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+        for params in anchors:
+            study.enqueue_trial(params)
     elif SearchSettings.from_json(saved) != settings:
         raise HwnasError(
             f"study {name!r} was created with {SearchSettings.from_json(saved)}; "
@@ -278,7 +287,7 @@ def search(
     url = storage or default_storage(run_dir)
     store = open_storage(url)
     name = study_name or settings.default_name()
-    study = create_or_check(store, name, settings)
+    study = create_or_check(store, name, settings, [] if sampler == "paper" else _anchors(run.space))
     left = trials - len(finished(study))
     if left > 0:
         shares = [left // workers + (i < left % workers) for i in range(workers)]
@@ -294,6 +303,14 @@ def search(
             _run_workers(jobs, bar, study)
         bar.close()
     return summary(study, url, settings, time.perf_counter() - started)
+
+
+def _anchors(space: SearchSpace) -> list[dict[str, int]]:
+    """The smallest and the largest subnet: the two the sandwich rule trains at every step, so the
+    best-trained ends of the front, evaluated first by every Optuna sampler (the paper's evolution
+    keeps its own random start)."""
+    encoding = Encoding(space)
+    return [encoding.encode(space.smallest()), encoding.encode(space.largest())]
 
 
 def _tick(bar: tqdm, study: optuna.Study) -> None:
