@@ -133,16 +133,29 @@ class Arch:
     def stem_size(self, resolution: int) -> int:
         return conv_out_size(resolution, STEM_KERNEL, STEM_STRIDE)
 
-    def layer_shapes(self, resolution: int) -> list[LayerShape]:
-        """Channels, stride and spatial sizes of every searched layer, in network order."""
-        shapes = []
+    def walk(self, resolution: int) -> Iterator[tuple[int, int, Layer, int, int, int]]:
+        """(stage, index, layer, c_in, stride, size_in) of every searched layer in network order: the
+        one place where channels and spatial sizes are threaded through the network (plain tuples,
+        for code that prices thousands of archs)."""
         c_in, size = self.stem, self.stem_size(resolution)
         for s, i, layer in self.layers():
             stride = self.strides[s] if i == 0 else 1
-            shape = LayerShape(c_in, layer.c, layer.k, layer.g, stride, size, stage=s, index=i)
-            shapes.append(shape)
-            c_in, size = layer.c, shape.size_out
-        return shapes
+            yield s, i, layer, c_in, stride, size
+            c_in, size = layer.c, conv_out_size(size, layer.k, stride)
+
+    def layer_shapes(self, resolution: int) -> list[LayerShape]:
+        """Channels, stride and spatial sizes of every searched layer, in network order."""
+        return [
+            LayerShape(c_in, layer.c, layer.k, layer.g, stride, size, stage=s, index=i)
+            for s, i, layer, c_in, stride, size in self.walk(resolution)
+        ]
+
+    def out_size(self, resolution: int) -> int:
+        """Spatial size of the last layer's output (the classifier's input)."""
+        size = self.stem_size(resolution)
+        for _, _, layer, _, stride, size_in in self.walk(resolution):
+            size = conv_out_size(size_in, layer.k, stride)
+        return size
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict in the paper's notation; strides only when they differ from the default."""

@@ -51,7 +51,9 @@ def config_matrix(configs: Sequence[LayerConfig]) -> np.ndarray:
 
 def config_rows(arch: Arch, resolution: int) -> list[tuple[int, ...]]:
     """The config of every searched layer of ``arch`` as plain tuples (CONFIG_FIELDS order)."""
-    return [(s.c_in, s.c_out, s.k, s.g, s.stride, s.size_in) for s in arch.layer_shapes(resolution)]
+    return [
+        (c_in, layer.c, layer.k, layer.g, stride, size) for _, _, layer, c_in, stride, size in arch.walk(resolution)
+    ]
 
 
 def arch_config_matrix(archs: Sequence[Arch], resolution: int) -> tuple[np.ndarray, np.ndarray]:

@@ -104,13 +104,12 @@ def head_config(last_width: int, size: int, classes: int = NETWORK_CLASSES) -> P
 
 def arch_parts(arch: Arch, resolution: int, classes: int = NETWORK_CLASSES) -> tuple[PartConfig, PartConfig]:
     """The stem and head configurations of ``arch`` at ``resolution``."""
-    size = arch.layer_shapes(resolution)[-1].size_out
-    return stem_config(arch.stem), head_config(arch.last_width, size, classes)
+    return stem_config(arch.stem), head_config(arch.last_width, arch.out_size(resolution), classes)
 
 
 def part_configs(space: SearchSpace, resolution: int, classes: int = NETWORK_CLASSES) -> list[PartConfig]:
     """Every stem and head configuration of the space at ``resolution`` (a handful: one per stem
     width and one per last-stage width; every arch ends at the same spatial size)."""
-    size = space.largest().layer_shapes(resolution)[-1].size_out
+    size = space.largest().out_size(resolution)
     stems = [stem_config(c) for c in space.stem_widths]
     return stems + [head_config(c, size, classes) for c in space.stages[-1].widths]
