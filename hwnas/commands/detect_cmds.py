@@ -11,9 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 from hwnas.commands.output import add_json_flag, emit, log
+from hwnas.commands.train_cmds import metrics_text
 from hwnas.detect.config import DetectConfig
-from hwnas.errors import HwnasError
-from hwnas.train.checkpoint import FILENAME
+from hwnas.train.checkpoint import check_resume
 from hwnas.train.config import add_override_flags, overrides, resolve
 from hwnas.train.distributed import is_main_process, set_threads
 from hwnas.train.run import load_run, resolve_for_resume
@@ -56,9 +56,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     out = args.out or args.run_dir / f"detect-{args.arch.stem}"
     cli = overrides(args, DetectConfig)
+    check_resume(out, args.resume, "detector")
     if args.resume:
-        if not (out / FILENAME).exists():
-            raise HwnasError(f"nothing to resume: no checkpoint in {out}")
         config = resolve_for_resume(out, cli, args.config, DEFAULTS)
     else:
         config = resolve(args.config, cli, DEFAULTS)
@@ -67,8 +66,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     arch = run.space.load(args.arch)
     metrics = train_detector(run, arch, config, out, args.resume)
     if is_main_process():
-        text = "\n".join(f"{k:20s} {v:.4f}" if isinstance(v, float) else f"{k:20s} {v}" for k, v in metrics.items())
-        emit(args, {"det_dir": str(out), **metrics}, f"detector {out}\n{text}")
+        emit(args, {"det_dir": str(out), **metrics}, f"detector {out}\n{metrics_text(metrics)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -11,7 +11,6 @@ normalisation; see :mod:`hwnas.detect.store`), ``checkpoint.pt`` and ``metrics.j
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,33 +22,23 @@ from hwnas.detect.data import CocoImages, collate, load_data
 from hwnas.detect.evaluate import evaluate_detector
 from hwnas.detect.model import build_detector
 from hwnas.detect.store import DetectorInfo, save_info
-from hwnas.errors import HwnasError
 from hwnas.model import Mode
-from hwnas.train.checkpoint import FILENAME
+from hwnas.train.checkpoint import check_resume
 from hwnas.train.data import normalization
 from hwnas.train.distributed import init_distributed
-from hwnas.train.loop import LoopData, train_loop
+from hwnas.train.loop import LoopData, SameNetwork, train_loop
 from hwnas.train.run import CONFIG, Run
 
 BACKBONE = "backbone.body."  # parameter-name prefix of the binary subnet inside the detector
 
 
-class DetectObjective(nn.Module):
+class DetectObjective(SameNetwork, nn.Module):
     """The loop's objective: Faster R-CNN's summed losses, the parts logged; mAP as validation."""
 
     def __init__(self, detector: nn.Module, config: DetectConfig) -> None:
         super().__init__()
         self.trainable = detector
         self.lr_scales = {BACKBONE: config.backbone_lr_mult}
-
-    def plan(self) -> None:
-        return None
-
-    def sampler_state(self) -> Any:
-        return None
-
-    def load_sampler_state(self, state: Any) -> None:
-        pass
 
     def forward(self, images: list[Tensor], targets: list[dict], plan: None) -> tuple[Tensor, dict[str, Tensor]]:
         losses = self.trainable(images, targets)
@@ -62,11 +51,7 @@ class DetectObjective(nn.Module):
 def train_detector(run: Run, arch: Arch, config: DetectConfig, out_dir: Path, resume: bool = False) -> dict:
     """Train (or resume) a detector over ``arch`` of ``run``'s supernet into ``out_dir``; the last epoch's metrics."""
     d = init_distributed(config.threads)
-    has_checkpoint = (out_dir / FILENAME).exists()
-    if resume and not has_checkpoint:
-        raise HwnasError(f"nothing to resume: no checkpoint in {out_dir}")
-    if not resume and has_checkpoint:
-        raise HwnasError(f"{out_dir} already holds a detector; pass --resume to continue it or choose another --out")
+    check_resume(out_dir, resume, "detector")
     data = load_data(config.data, config.hflip)
     if config.val_images:
         data.val.ids = data.val.ids[: config.val_images]

@@ -71,6 +71,19 @@ class LoopConfig(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
+class SameNetwork:
+    """For objectives that train one network the same way every step: no plan, no sampler state."""
+
+    def plan(self) -> None:
+        return None
+
+    def sampler_state(self) -> None:
+        return None
+
+    def load_sampler_state(self, state: Any) -> None:
+        pass
+
+
 @dataclass
 class Position:
     epoch: int = 0

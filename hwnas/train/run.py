@@ -17,7 +17,7 @@ from hwnas.commands.output import log
 from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet
 from hwnas.space import SearchSpace
-from hwnas.train.checkpoint import FILENAME, load_checkpoint
+from hwnas.train.checkpoint import FILENAME, check_resume, load_checkpoint
 from hwnas.train.config import Config, TrainConfig, coerce, load_toml
 from hwnas.train.data import Splits, build_splits, load_indices, save_indices
 from hwnas.train.distributed import Dist, init_distributed
@@ -79,11 +79,7 @@ def load_run(run_dir: str | Path) -> Run:
 def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> tuple[BinaryNet, dict]:
     """Train (or resume) a supernet into ``run_dir``; returns it and the last epoch's metrics."""
     d = init_distributed(config.threads)
-    has_checkpoint = (run_dir / FILENAME).exists()
-    if resume and not has_checkpoint:
-        raise HwnasError(f"nothing to resume: no checkpoint in {run_dir}")
-    if not resume and has_checkpoint:
-        raise HwnasError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    check_resume(run_dir, resume)
     indices = load_indices(run_dir / SPLITS) if resume else None
     splits = build_splits(config, indices)
     _prepare_dir(run_dir, config, splits, d)
