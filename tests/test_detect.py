@@ -25,6 +25,8 @@ from hwnas.model import Mode
 from hwnas.train.checkpoint import FILENAME, load_checkpoint
 from hwnas.train.run import load_run
 from predictors.ops import count_ops
+from tests.test_train_cli import _error_line
+from tests.test_train_resume import _assert_same
 
 SMALL = SyntheticSpec(canvas=64, train=16, val=4, max_digits=3, min_size=12, max_size=24)
 """A few small canvases: every test here runs in seconds."""
@@ -152,12 +154,6 @@ def test_map_of_perfect_and_empty_predictions(small_tree: Path) -> None:
     assert coco_map(val.coco, wrong)["map50"] == 0.0
 
 
-def _same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-
-
 def test_detector_training_resumes_exactly(toy_run, small_tree: Path, tmp_path: Path) -> None:
     run = load_run(toy_run)
     arch = run.space.smallest()
@@ -167,7 +163,7 @@ def test_detector_training_resumes_exactly(toy_run, small_tree: Path, tmp_path: 
     assert load_checkpoint(tmp_path / "cut" / FILENAME)["position"]["global_step"] == 3
     resumed = train_detector(run, arch, config, tmp_path / "cut", resume=True)
     a, b = load_checkpoint(tmp_path / "whole" / FILENAME), load_checkpoint(tmp_path / "cut" / FILENAME)
-    _same(a["model"], b["model"])
+    _assert_same(a["model"], b["model"])
     assert a["position"]["global_step"] == b["position"]["global_step"] == 8
     assert {"val_map", "val_map50", "val_map75", "loss_classifier"} <= set(whole)
     assert resumed["val_map50"] == whole["val_map50"]
@@ -176,16 +172,10 @@ def test_detector_training_resumes_exactly(toy_run, small_tree: Path, tmp_path: 
     assert load_detector(tmp_path / "cut").info.arch == arch
 
 
-def _error_line(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err
-    return err
-
-
 def test_commands_and_their_errors(capsys, toy_run, small_tree: Path, tmp_path: Path) -> None:
     arch = tmp_path / "small.json"
-    arch.write_text(load_run(toy_run).space.smallest().dumps())
+    assert main(["sample", "--smallest", "--run", str(toy_run), "-o", str(arch)]) == 0
+    assert json.loads(arch.read_text()) == load_run(toy_run).space.smallest().to_json()
     assert main(["sample", "--smallest", "-o", str(tmp_path / "full.json")]) == 0
     det = tmp_path / "det"
     flags = [

@@ -43,7 +43,7 @@ def draw(image: torch.Tensor, detections: list[dict[str, Any]], out: Path) -> Pa
     """``image`` with a labelled box per detection, written to ``out`` (format from its suffix)."""
     boxes = torch.tensor([d["box"] for d in detections], dtype=torch.float32).reshape(-1, 4)
     labels = [f"{d['name']} {d['score']:.2f}" for d in detections]
-    drawn = draw_bounding_boxes(image, boxes, labels, colors="red", width=1)
+    drawn = draw_bounding_boxes(image, boxes, labels, colors="red", width=1) if detections else image
     try:
         to_pil_image(drawn).save(out)
     except (OSError, ValueError) as exc:

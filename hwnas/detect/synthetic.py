@@ -21,7 +21,6 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,13 +35,13 @@ COMPLETE = "COMPLETE"
 class SyntheticSpec:
     """What the generated set looks like; every value is part of its directory name."""
 
-    canvas: int = 128  # square canvas side, pixels
-    train: int = 1000  # canvases per split
+    canvas: int = 96  # square canvas side, pixels
+    train: int = 2000  # canvases per split
     val: int = 200
     min_digits: int = 1  # digits per canvas
     max_digits: int = 4
     min_size: int = 16  # side of an upsampled digit, pixels (the classification data is 32)
-    max_size: int = 40
+    max_size: int = 36
     gap: int = 2  # minimum pixels between two digits' boxes
     seed: int = 0
 
@@ -187,7 +186,3 @@ def draw_canvas(
 def _near(a: tuple[int, ...], b: tuple[int, ...], gap: int) -> bool:
     """Whether two boxes come closer than ``gap`` pixels (or overlap)."""
     return a[0] < b[2] + gap and b[0] < a[2] + gap and a[1] < b[3] + gap and b[1] < a[3] + gap
-
-
-def read_annotations(root: Path, split: str) -> dict[str, Any]:
-    return json.loads((root / annotation_file(split)).read_text())
