@@ -31,18 +31,23 @@ class Ops:
         return {"ops_m": self.ops / 1e6, **out}
 
 
-def layer_bops(shape: LayerShape) -> int:
-    """Binary MACs of one searched layer: the k x k group conv plus the 1x1 conv."""
-    pixels = shape.size_out * shape.size_out
+def layer_bops(shape: LayerShape, width_out: int | None = None) -> int:
+    """Binary MACs of one searched layer: the k x k group conv plus the 1x1 conv.
+
+    ``shape`` gives the output height; ``width_out`` the output width when it differs.
+    """
+    pixels = shape.size_out * (shape.size_out if width_out is None else width_out)
     group_conv = pixels * shape.c_in * (shape.c_in // shape.g) * shape.k * shape.k
     pointwise = pixels * shape.c_in * shape.c_out
     return group_conv + pointwise
 
 
-def count_ops(arch: Arch, resolution: int = 224, num_classes: int = 1000) -> Ops:
-    """OPs of ``arch`` on square ``resolution`` inputs with ``num_classes`` outputs."""
-    stem_pixels = arch.stem_size(resolution) ** 2
+def count_ops(arch: Arch, resolution: int = 224, num_classes: int = 1000, width: int | None = None) -> Ops:
+    """OPs of ``arch`` on ``resolution`` x ``width`` inputs (square by default) with ``num_classes`` outputs."""
+    width = resolution if width is None else width
+    stem_pixels = arch.stem_size(resolution) * arch.stem_size(width)
     int8ops = stem_pixels * arch.stem * STEM_IN_CHANNELS * STEM_KERNEL * STEM_KERNEL
-    bops = sum(layer_bops(shape) for shape in arch.layer_shapes(resolution))
+    rows, cols = arch.layer_shapes(resolution), arch.layer_shapes(width)
+    bops = sum(layer_bops(row, col.size_out) for row, col in zip(rows, cols, strict=True))
     flops = arch.last_width * num_classes
     return Ops(flops=flops, int8ops=int8ops, bops=bops)

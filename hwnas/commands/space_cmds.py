@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, table
+from hwnas.errors import HwnasError
 from hwnas.space import NASBNN
 from predictors.ops import count_ops, layer_bops
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--largest", action="store_true", help="the largest subnet")
     which.add_argument("--smallest", action="store_true", help="the smallest subnet")
     p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    p.add_argument("--run", type=Path, default=None, help="from this training run's (scaled) space")
     p.set_defaults(func=cmd_sample)
 
     for name, func, text in (
@@ -59,12 +61,20 @@ def cmd_space(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    space = NASBNN
+    if args.run is not None:
+        from hwnas.train.run import read_config
+        from hwnas.train.supernet import config_space
+
+        if not args.run.is_dir():
+            raise HwnasError(f"run directory not found: {args.run}")
+        space = config_space(read_config(args.run))
     if args.largest:
-        arch = NASBNN.largest()
+        arch = space.largest()
     elif args.smallest:
-        arch = NASBNN.smallest()
+        arch = space.smallest()
     else:
-        arch = NASBNN.sample(random.Random(args.seed))
+        arch = space.sample(random.Random(args.seed))
     text = json.dumps(arch.to_json(), indent=1)
     if args.output is None:
         print(text)

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plot)
 
 
-def _metrics_text(metrics: dict) -> str:
+def metrics_text(metrics: dict) -> str:
+    """A training result's metrics, one per line."""
     return "\n".join(f"{k:20s} {v:.4f}" if isinstance(v, float) else f"{k:20s} {v}" for k, v in metrics.items())
 
 
@@ -58,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = resolve_for_resume(args.out, cli, args.config) if args.resume else resolve(args.config, cli)
     _, metrics = train_supernet(config, args.out, args.resume)
     if is_main_process():
-        emit(args, {"run_dir": str(args.out), **metrics}, f"run {args.out}\n{_metrics_text(metrics)}")
+        emit(args, {"run_dir": str(args.out), **metrics}, f"run {args.out}\n{metrics_text(metrics)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -97,7 +98,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     out = args.out or args.run_dir / f"finetune-{args.arch.stem}"
     metrics = finetune(run, arch, finetune_config(run, overrides(args)), out, args.resume)
     if is_main_process():
-        emit(args, {"out": str(out), **metrics}, f"finetuned {arch}\n{_metrics_text(metrics)}")
+        emit(args, {"out": str(out), **metrics}, f"finetuned {arch}\n{metrics_text(metrics)}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

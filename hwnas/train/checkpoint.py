@@ -37,6 +37,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     _fsync_dir(path.parent)
 
 
+def check_resume(run_dir: Path, resume: bool, what: str = "run") -> None:
+    """Refuse to resume a directory without a checkpoint, or to start afresh over one."""
+    has_checkpoint = (run_dir / FILENAME).exists()
+    if resume and not has_checkpoint:
+        raise HwnasError(f"nothing to resume: no checkpoint in {run_dir}")
+    if not resume and has_checkpoint:
+        raise HwnasError(f"{run_dir} already holds a {what}; pass --resume to continue it or choose another --out")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, or raise one clear HwnasError."""
     if not path.is_file():

@@ -39,13 +39,14 @@ import argparse
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomllib
 
 from hwnas.errors import HwnasError
 
 TEACHERS = ("fwba", "bwba", "fwfa")
+Config = TypeVar("Config")
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,25 @@ class TrainConfig:
     def from_json(cls, obj: dict[str, Any], where: str) -> TrainConfig:
         return coerce(cls(), obj, where)
 
+    def check(self, where: str) -> None:
+        """Raise one HwnasError naming the first bad value."""
+        if self.teacher not in TEACHERS:
+            raise HwnasError(f"{where}: teacher must be one of {list(TEACHERS)}, got {self.teacher!r}")
+        at_least_one(self, ("epochs", "batch_size", "resolution", "base_batch", "calib_batches", "eval_every"), where)
+        if not 0 < self.width_mult <= 1:
+            raise HwnasError(f"{where}: width_mult must be in (0, 1], got {self.width_mult}")
+
 
 FINETUNE_DEFAULTS = {"base_lr": 1e-5, "epochs": 10, "warmup_epochs": 0.0, "num_random": 0}
 """Pipeline 2 (paper: lr 1e-5 at batch 512, up to 100 epochs); the rest is the run's config."""
 
 
-def coerce(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:
-    """``config`` with ``values`` applied, each checked against the field's type."""
+def coerce(config: Config, values: dict[str, Any], where: str) -> Config:
+    """``config`` with ``values`` applied, each checked against the field's type, then ``config.check``.
+
+    Works for any frozen dataclass of plain values with a ``check(where)`` method (also the
+    detector's :class:`hwnas.detect.config.DetectConfig`).
+    """
     types = {f.name: type(getattr(config, f.name)) for f in fields(config)}
     unknown = sorted(set(values) - set(types))
     if unknown:
@@ -111,18 +124,14 @@ def coerce(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConf
             raise HwnasError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
         out[key] = value
     config = replace(config, **out)
-    check(config, where)
+    config.check(where)
     return config
 
 
-def check(config: TrainConfig, where: str) -> None:
-    if config.teacher not in TEACHERS:
-        raise HwnasError(f"{where}: teacher must be one of {list(TEACHERS)}, got {config.teacher!r}")
-    for key in ("epochs", "batch_size", "resolution", "base_batch", "calib_batches", "eval_every"):
+def at_least_one(config: Any, keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
         if getattr(config, key) < 1:
             raise HwnasError(f"{where}: {key} must be at least 1, got {getattr(config, key)}")
-    if not 0 < config.width_mult <= 1:
-        raise HwnasError(f"{where}: width_mult must be in (0, 1], got {config.width_mult}")
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -135,7 +144,7 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise HwnasError(f"{path}: not valid TOML ({exc})") from None
 
 
-def add_override_flags(parser: argparse.ArgumentParser, base: TrainConfig = TrainConfig()) -> None:
+def add_override_flags(parser: argparse.ArgumentParser, base: Any = TrainConfig()) -> None:
     """One ``--key`` flag per config field (``--no-key`` for switches); unset flags stay None."""
     for f in fields(base):
         flag = "--" + f.name.replace("_", "-")
@@ -148,12 +157,12 @@ def add_override_flags(parser: argparse.ArgumentParser, base: TrainConfig = Trai
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=f"(default {f.default})")
 
 
-def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config keys given on the command line."""
-    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+def overrides(args: argparse.Namespace, kind: type = TrainConfig) -> dict[str, Any]:
+    """The config keys (fields of ``kind``) given on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(kind) if getattr(args, f.name, None) is not None}
 
 
-def resolve(file: Path | None, cli: dict[str, Any], base: TrainConfig = TrainConfig()) -> TrainConfig:
+def resolve(file: Path | None, cli: dict[str, Any], base: Config = TrainConfig()) -> Config:
     """Defaults, then the file, then the command line."""
     config = coerce(base, load_toml(file), str(file)) if file is not None else base
     return coerce(config, cli, "command line")

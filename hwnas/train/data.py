@@ -73,8 +73,7 @@ def _digits(config: TrainConfig, indices: dict[str, list[int]] | None) -> Splits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=config.resolution, mode="bilinear", align_corners=False)
+    images = _digit_pixels(digits.images, config.resolution)
     images = ((images - images.mean()) / images.std()).expand(-1, 3, -1, -1).contiguous()
     labels = torch.tensor(digits.target, dtype=torch.long)
     if indices is None:
@@ -86,6 +85,25 @@ def _digits(config: TrainConfig, indices: dict[str, list[int]] | None) -> Splits
         }
     full = TensorDataset(images, labels)
     return Splits(*(Subset(full, indices[n]) for n in ("train", "val", "test")), 10, indices)
+
+
+def _digit_pixels(images: np.ndarray, resolution: int) -> torch.Tensor:
+    """scikit-learn's 8x8 digits (0..16) as [N, 1, R, R] floats in [0, 1], upsampled bilinearly."""
+    pixels = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return F.interpolate(pixels, size=resolution, mode="bilinear", align_corners=False)
+
+
+def normalization(config: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (of pixels in [0, 1]) that the configured data's inputs are normalised with.
+
+    A network transferred to other images (a detector's backbone) normalises its inputs the same way.
+    """
+    if config.data != "digits":
+        return IMAGENET_MEAN, IMAGENET_STD
+    from sklearn.datasets import load_digits
+
+    pixels = _digit_pixels(load_digits().images, config.resolution)
+    return (float(pixels.mean()),) * 3, (float(pixels.std()),) * 3
 
 
 def _imagefolder(root: Path, config: TrainConfig, indices: dict[str, list[int]] | None) -> Splits:

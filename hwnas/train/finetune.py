@@ -18,33 +18,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwnas.arch import Arch
-from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet, Mode
-from hwnas.train.checkpoint import FILENAME
+from hwnas.train.checkpoint import check_resume
 from hwnas.train.config import FINETUNE_DEFAULTS, TrainConfig, coerce
 from hwnas.train.distributed import init_distributed
 from hwnas.train.evaluate import accuracy, calibrated_subnet
-from hwnas.train.loop import LoopData, train_loop
+from hwnas.train.loop import LoopData, SameNetwork, train_loop
 from hwnas.train.run import CONFIG, Run
 from hwnas.train.sandwich import distill_loss
 
 
-class Finetune(nn.Module):
+class Finetune(SameNetwork, nn.Module):
     def __init__(self, subnet: BinaryNet, teacher: BinaryNet | None) -> None:
         super().__init__()
         self.trainable = subnet
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False)
-
-    def plan(self) -> None:
-        return None
-
-    def sampler_state(self) -> Any:
-        return None
-
-    def load_sampler_state(self, state: Any) -> None:
-        pass
 
     def forward(self, x: Tensor, y: Tensor, plan: None) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.trainable(x)
@@ -66,11 +56,7 @@ def finetune_config(run: Run, cli: dict[str, Any]) -> TrainConfig:
 def finetune(run: Run, arch: Arch, config: TrainConfig, out_dir: Path, resume: bool = False) -> dict:
     """Finetune ``arch`` from ``run``'s supernet into ``out_dir``; returns the last epoch's metrics."""
     d = init_distributed(config.threads)
-    has_checkpoint = (out_dir / FILENAME).exists()
-    if resume and not has_checkpoint:
-        raise HwnasError(f"nothing to resume: no checkpoint in {out_dir}")
-    if not resume and has_checkpoint:
-        raise HwnasError(f"{out_dir} already holds a finetuning run; pass --resume or choose another --out")
+    check_resume(out_dir, resume, "finetuning run")
     calib = run.calibration_batches()
     teacher = None
     if config.distill:

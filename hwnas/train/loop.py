@@ -2,20 +2,25 @@
 
 An :class:`Objective` is the module DDP wraps: ``forward(x, y, plan)`` returns the step's total
 loss and its parts, so however many subnets a step runs, DDP sees one forward and one backward
-(``find_unused_parameters=True``, since a step's subnets never touch every shared weight). The
+(``find_unused_parameters=True``, since a step's subnets never touch every shared weight). ``x``
+and ``y`` are whatever the data's collate function makes of a batch (tensors by default; a
+detector gets lists of images and of target dicts), moved to the device as they are. The
 ``plan`` (which subnets) is drawn by ``objective.plan()`` from a seeded RNG that every process
 holds in the same state, so all ranks run the same subnets without communicating.
 
 Resume is exact: a checkpoint holds the model, optimizer, scheduler, the plan RNG, torch's RNG,
 and the position (epoch, step within it). The data order of an epoch is a pure function of
 (seed, epoch) (``DistributedSampler``, also with one process), so a resumed epoch skips the
-batches already done and continues with the same images.
+batches already done and continues with the same images. The data loader draws its base seed
+from its own generator: drawn from torch's RNG, it would shift that RNG at every resume, and a
+detector's proposal sampling uses it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +34,6 @@ from tqdm import tqdm
 from hwnas.commands.output import log
 from hwnas.errors import HwnasError
 from hwnas.train.checkpoint import FILENAME, load_checkpoint, save_checkpoint
-from hwnas.train.config import TrainConfig
 from hwnas.train.distributed import Dist, barrier
 from hwnas.train.optim import build_optimizer, build_scheduler
 
@@ -40,12 +44,44 @@ class Objective(Protocol):
     """What the loop trains: see the module docstring."""
 
     trainable: nn.Module  # its parameters are optimized and its state is checkpointed
+    # optional ``lr_scales``: parameter-name prefix (in ``trainable``) -> factor of the lr
 
     def plan(self) -> Any: ...
     def sampler_state(self) -> Any: ...
     def load_sampler_state(self, state: Any) -> None: ...
     def evaluate(self, calib: list, val: list) -> dict[str, float]: ...
     def __call__(self, x: Tensor, y: Tensor, plan: Any) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+@dataclass
+class LoopConfig(Protocol):
+    """The settings the loop reads (:class:`TrainConfig` has them, and so has the detector's config)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    seed: int
+    workers: int
+    checkpoint_minutes: float
+    eval_every: int
+    max_steps: int
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class SameNetwork:
+    """For objectives that train one network the same way every step: no plan, no sampler state."""
+
+    def plan(self) -> None:
+        return None
+
+    def sampler_state(self) -> None:
+        return None
+
+    def load_sampler_state(self, state: Any) -> None:
+        pass
 
 
 @dataclass
@@ -60,18 +96,30 @@ class Position:
 class LoopData:
     train: Dataset
     calib: list  # preloaded training batches for BN recalibration
-    val: list  # preloaded validation batches
+    val: Any  # what objective.evaluate validates on: preloaded batches, or a dataset
     extra: dict[str, Any] = field(default_factory=dict)  # saved in every checkpoint (e.g. the arch)
+    collate: Callable | None = None  # the DataLoader's collate_fn (None: torch's default)
 
 
-def epoch_indices(dataset: Dataset, config: TrainConfig, d: Dist, epoch: int) -> list[int]:
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors moved to ``device``, also inside lists, tuples and dicts."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def epoch_indices(dataset: Dataset, config: LoopConfig, d: Dist, epoch: int) -> list[int]:
     """This rank's image order for ``epoch``: a function of (seed, epoch) only."""
     sampler = DistributedSampler(dataset, d.world, d.rank, shuffle=True, seed=config.seed, drop_last=True)
     sampler.set_epoch(epoch)
     return list(sampler)
 
 
-def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_dir: Path, d: Dist, resume: bool) -> dict:
+def train_loop(objective: nn.Module, config: LoopConfig, data: LoopData, run_dir: Path, d: Dist, resume: bool) -> dict:
     """Train ``objective`` as configured, checkpointing into ``run_dir``; returns the last metrics."""
     if config.batch_size % d.world:
         raise HwnasError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
@@ -80,7 +128,7 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
     if steps_per_epoch == 0:
         raise HwnasError(f"the training split has fewer than {config.batch_size} images; lower batch_size")
     trainable = objective.trainable.to(d.device)  # before the optimizer, so its state lives on the device
-    optimizer = build_optimizer(trainable, config.lr, config.weight_decay)
+    optimizer = build_optimizer(trainable, config.lr, config.weight_decay, getattr(objective, "lr_scales", None))
     warmup = round(config.warmup_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, config.epochs * steps_per_epoch, warmup)
     pos = Position()
@@ -121,7 +169,15 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
     last_save = time.monotonic()
     while pos.epoch < config.epochs:
         indices = epoch_indices(data.train, config, d, pos.epoch)[pos.step * batch : steps_per_epoch * batch]
-        loader = DataLoader(data.train, batch_size=batch, sampler=indices, num_workers=config.workers, drop_last=True)
+        loader = DataLoader(
+            data.train,
+            batch_size=batch,
+            sampler=indices,
+            num_workers=config.workers,
+            drop_last=True,
+            collate_fn=data.collate,
+            generator=torch.Generator().manual_seed(config.seed + pos.epoch),  # not torch's RNG: see below
+        )
         totals: dict[str, float] = {}
         images, steps, start = 0, 0, time.perf_counter()
         bar = tqdm(
@@ -129,7 +185,7 @@ def train_loop(objective: nn.Module, config: TrainConfig, data: LoopData, run_di
         )
         for x, y in loader:
             trainable.train()
-            loss, parts = model(x.to(d.device), y.to(d.device), objective.plan())
+            loss, parts = model(to_device(x, d.device), to_device(y, d.device), objective.plan())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

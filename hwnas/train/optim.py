@@ -19,12 +19,23 @@ def decays(name: str, param: nn.Parameter) -> bool:
     return param.dim() > 1 and name.rsplit(".", 1)[-1] == "weight"
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, lr_scales: dict[str, float] | None = None
+) -> torch.optim.Adam:
+    """Adam over ``model``'s trainable parameters; ``lr_scales`` maps a parameter-name prefix to a
+    factor of ``lr`` for those parameters (a detector's inherited backbone learns more slowly)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
-        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
-    ]
+    scales = lr_scales or {}
+
+    def scale(name: str) -> float:
+        return next((f for prefix, f in scales.items() if name.startswith(prefix)), 1.0)
+
+    groups = []
+    for factor in sorted({scale(n) for n, _ in named}):
+        for decay in (True, False):
+            params = [p for n, p in named if scale(n) == factor and decays(n, p) == decay]
+            if params or not scales:  # without scales: the two groups, as ever (checkpoints stay compatible)
+                groups.append({"params": params, "lr": lr * factor, "weight_decay": weight_decay if decay else 0.0})
     return torch.optim.Adam(groups, lr=lr)
 
 

@@ -17,8 +17,8 @@ from hwnas.commands.output import log
 from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet
 from hwnas.space import SearchSpace
-from hwnas.train.checkpoint import FILENAME, load_checkpoint
-from hwnas.train.config import TrainConfig, coerce, load_toml
+from hwnas.train.checkpoint import FILENAME, check_resume, load_checkpoint
+from hwnas.train.config import Config, TrainConfig, coerce, load_toml
 from hwnas.train.data import Splits, build_splits, load_indices, save_indices
 from hwnas.train.distributed import Dist, init_distributed
 from hwnas.train.evaluate import preload
@@ -29,6 +29,7 @@ from hwnas.train.supernet import build_model, config_space
 
 CONFIG = "config.json"
 SPLITS = "splits.json"
+DEFAULTS = TrainConfig()
 
 
 @dataclass
@@ -51,10 +52,11 @@ class Run:
         return preload(self.splits.get(split), self.config.batch_size)
 
 
-def read_config(run_dir: Path) -> TrainConfig:
+def read_config(run_dir: Path, base: Config = DEFAULTS) -> Config:
+    """The config saved in ``run_dir`` (a :class:`TrainConfig`, or another kind of config like ``base``)."""
     path = run_dir / CONFIG
     try:
-        return coerce(TrainConfig(), json.loads(path.read_text()), str(path))
+        return coerce(base, json.loads(path.read_text()), str(path))
     except FileNotFoundError:
         raise HwnasError(f"{run_dir} is not a training run (no {CONFIG})") from None
     except ValueError as exc:
@@ -77,11 +79,7 @@ def load_run(run_dir: str | Path) -> Run:
 def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> tuple[BinaryNet, dict]:
     """Train (or resume) a supernet into ``run_dir``; returns it and the last epoch's metrics."""
     d = init_distributed(config.threads)
-    has_checkpoint = (run_dir / FILENAME).exists()
-    if resume and not has_checkpoint:
-        raise HwnasError(f"nothing to resume: no checkpoint in {run_dir}")
-    if not resume and has_checkpoint:
-        raise HwnasError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    check_resume(run_dir, resume)
     indices = load_indices(run_dir / SPLITS) if resume else None
     splits = build_splits(config, indices)
     _prepare_dir(run_dir, config, splits, d)
@@ -110,9 +108,9 @@ def _prepare_dir(run_dir: Path, config: TrainConfig, splits: Splits, d: Dist) ->
         save_indices(splits, run_dir / SPLITS)
 
 
-def resolve_for_resume(run_dir: Path, cli: dict, file: Path | None) -> TrainConfig:
+def resolve_for_resume(run_dir: Path, cli: dict, file: Path | None, base: Config = DEFAULTS) -> Config:
     """A resumed run keeps its saved config; the file and the command line may still change keys."""
-    config = read_config(run_dir)
+    config = read_config(run_dir, base)
     if file is not None:
         config = coerce(config, load_toml(file), str(file))
     return coerce(config, cli, "command line")
