@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import torch
 
 from hwnas.errors import HwnasError
 from hwnas.train.checkpoint import FILENAME, load_checkpoint, save_checkpoint
-from hwnas.train.run import train_supernet
+from hwnas.train.run import load_run, train_supernet
 from tests.conftest import tiny
 
 
@@ -100,3 +102,12 @@ def test_killed_process_resumes_from_its_last_timed_checkpoint(tmp_path: Path) -
     assert 3 <= step < 19
     resumed, _ = train_supernet(config, run_dir, resume=True)
     _assert_same(whole.state_dict(), resumed.state_dict())
+
+
+def test_checkpoint_of_another_model_is_one_clear_error(toy_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "width_mult": 0.25}))  # not what was trained
+    with pytest.raises(HwnasError, match="does not fit the supernet its config"):
+        load_run(run)

@@ -72,7 +72,13 @@ def load_run(run_dir: str | Path) -> Run:
     state = load_checkpoint(run_dir / FILENAME)
     splits = build_splits(config, load_indices(run_dir / SPLITS))
     supernet = build_model(config, splits.num_classes)
-    supernet.load_state_dict(state["model"])
+    try:
+        supernet.load_state_dict(state["model"])
+    except RuntimeError:  # shapes or names differ: another hwnas version or a hand-edited config
+        raise HwnasError(
+            f"{run_dir / FILENAME} does not fit the supernet its config.json describes "
+            "(written by another hwnas version, or the config was edited)"
+        ) from None
     return Run(run_dir, config, config_space(config), supernet.eval(), splits, state["position"]["epoch"])
 
 
