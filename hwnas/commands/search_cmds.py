@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, log, table
+from hwnas.errors import HwnasError
 from hwnas.search.points import Point
 from hwnas.search.samplers import SAMPLERS
 from hwnas.search.study import OBJECTIVES, SearchSettings, default_storage, front, load_study, open_storage, search
@@ -69,8 +70,6 @@ def cmd_search(args: argparse.Namespace) -> None:
     targets = tuple(args.target or (["local"] if args.objective == "latency" else []))
     settings = SearchSettings(args.objective, targets, args.budget_ms, args.budget_mops, args.resolution)
     if args.workers < 1 or args.trials < 1:
-        from hwnas.errors import HwnasError
-
         raise HwnasError("--workers and --trials must be at least 1")
     result = search(args.run, settings, args.trials, args.sampler, args.seed, args.storage, args.study, args.workers)
     text = _front_text(result.front, settings)
@@ -96,8 +95,6 @@ def cmd_front(args: argparse.Namespace) -> None:
 
     url = args.storage or default_storage(args.run)
     if args.storage is None and not (args.run / "search.db").exists():
-        from hwnas.errors import HwnasError
-
         raise HwnasError(f"no search in {args.run} (no search.db); run `hwnas search {args.run}` first")
     study, settings = load_study(open_storage(url), args.study)
     points = front(study)
