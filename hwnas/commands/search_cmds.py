@@ -10,7 +10,7 @@ from hwnas.commands.output import add_json_flag, emit, log, table
 from hwnas.errors import HwnasError
 from hwnas.search.points import Point
 from hwnas.search.samplers import SAMPLERS
-from hwnas.search.study import OBJECTIVES, SearchSettings, default_storage, front, load_study, open_storage, search
+from hwnas.search.study import OBJECTIVES, SearchSettings, existing_storage, front, load_study, search
 from hwnas.space import NASBNN
 
 
@@ -93,10 +93,7 @@ def cmd_front(args: argparse.Namespace) -> None:
     from hwnas.search.plot import front_png
     from hwnas.search.study import finished, trial_point
 
-    url = args.storage or default_storage(args.run)
-    if args.storage is None and not (args.run / "search.db").exists():
-        raise HwnasError(f"no search in {args.run} (no search.db); run `hwnas search {args.run}` first")
-    study, settings = load_study(open_storage(url), args.study)
+    study, settings = load_study(existing_storage(args.run, args.storage), args.study)
     points = front(study)
     trials = [trial_point(t) for t in finished(study)]
     cost_name = settings.cost_names[0]

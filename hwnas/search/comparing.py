@@ -14,7 +14,7 @@ from pathlib import Path
 from hwnas.errors import HwnasError
 from hwnas.search.compare import Comparison, compare
 from hwnas.search.points import Point
-from hwnas.search.study import SearchSettings, default_storage, front, load_study, open_storage
+from hwnas.search.study import SearchSettings, existing_storage, front, load_study
 from predictors.latency import LatencyPredictor
 from targets.measured import DEFAULT_TIMING, Timing, measure_networks
 from targets.target import load_target
@@ -35,10 +35,7 @@ def compare_studies(
     """Compare the front of an OPs study with the front of a latency study, measured on the target."""
     target = load_target(target_name)
     predictor = LatencyPredictor.load(target)
-    url = storage or default_storage(run_dir)
-    if storage is None and not (Path(run_dir) / "search.db").exists():
-        raise HwnasError(f"no search in {run_dir} (no search.db); run `hwnas search` there first")
-    store = open_storage(url)
+    store = existing_storage(run_dir, storage)
     ops_name, lat_name = studies or default_studies(target_name)
     ops_study, ops_settings = load_study(store, ops_name)
     lat_study, lat_settings = load_study(store, lat_name)

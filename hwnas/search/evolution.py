@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError
 from hwnas.search.encoding import Encoding
+from hwnas.search.points import is_feasible
 
 Operator = Literal["random", "mutation", "crossover"]
 
@@ -234,7 +235,7 @@ class PaperSampler(BaseSampler):
             if t.state == TrialState.COMPLETE
             and t.number < slot.start
             and self.config.slot(t.number, intervals).interval == slot.interval
-            and all(v <= 0 for v in t.constraints.values())
+            and is_feasible(t)
         ]
         pool.sort(key=lambda t: (-sign * t.values[0], t.number))
         return [dict(zip(self._search_space, self._key(t.params), strict=True)) for t in pool[: self.config.select]]

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from optuna.trial import FrozenTrial
+
 from hwnas.arch import Arch
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Optuna's rule: every constraint value is at most 0 (a study without a budget has none)."""
+    return all(v <= 0 for v in trial.constraints.values())
 
 
 @dataclass(frozen=True)

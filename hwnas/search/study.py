@@ -31,10 +31,10 @@ from hwnas.arch import Arch
 from hwnas.errors import HwnasError
 from hwnas.search.encoding import Encoding
 from hwnas.search.objectives import AccuracyOracle, CostModel
-from hwnas.search.points import Point
+from hwnas.search.points import Point, is_feasible
 from hwnas.search.samplers import make_sampler
 from hwnas.space import SearchSpace
-from hwnas.train.run import load_run
+from hwnas.train.run import Run, load_run
 
 OBJECTIVES = ("latency", "ops")
 DB_FILE = "search.db"
@@ -90,6 +90,13 @@ class SearchSettings:
 
 def default_storage(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / DB_FILE).resolve()}"
+
+
+def existing_storage(run_dir: Path, url: str | None) -> optuna.storages.RDBStorage:
+    """The storage of an earlier search: ``url``, or the run's own SQLite file, which must exist."""
+    if url is None and not (Path(run_dir) / DB_FILE).exists():
+        raise HwnasError(f"no search in {run_dir} (no {DB_FILE}); run `hwnas search {run_dir}` first")
+    return open_storage(url or default_storage(run_dir))
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -154,7 +161,7 @@ def trial_point(trial: FrozenTrial) -> Point:
         accuracy=float(trial.values[0]),
         ops_m=float(attrs["ops_m"]),
         latency_ms=dict(attrs["latency_ms"]),
-        feasible=all(v <= 0 for v in trial.constraints.values()),
+        feasible=is_feasible(trial),
     )
 
 
@@ -217,11 +224,11 @@ def first_cost(costs: CostModel, settings: SearchSettings) -> Callable[[Arch], f
     return lambda arch: costs.latency_ms(arch)[settings.targets[0]]
 
 
-def work(job: Job, callbacks: list[Callable] | None = None) -> None:
-    """Run ``job.trials`` trials of the study in this process."""
+def work(job: Job, callbacks: list[Callable] | None = None, loaded: tuple[Run, CostModel] | None = None) -> None:
+    """Run ``job.trials`` trials of the study in this process (``loaded``: the run and cost model, if
+    this process has them already)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run = load_run(job.run_dir)
-    costs = CostModel.for_targets(run.space, job.settings.targets, job.settings.resolution)
+    run, costs = loaded or _load(job.run_dir, job.settings)
     encoding = Encoding(run.space)
     budget = job.settings.budget_mops if job.settings.objective == "ops" else job.settings.budget_ms
     sampler = make_sampler(job.sampler, job.seed, encoding, first_cost(costs, job.settings), budget, job.total)
@@ -231,6 +238,11 @@ def work(job: Job, callbacks: list[Callable] | None = None) -> None:
         oracle.cache[Arch.from_json(trial.user_attrs["arch"])] = trial.values[0]
     objective = TrialObjective(encoding, oracle, costs, job.settings)
     study.optimize(objective, n_trials=job.trials, callbacks=callbacks or [], gc_after_trial=False)
+
+
+def _load(run_dir: Path, settings: SearchSettings) -> tuple[Run, CostModel]:
+    run = load_run(run_dir)
+    return run, CostModel.for_targets(run.space, settings.targets, settings.resolution)
 
 
 def _spawned(job: Job) -> None:
@@ -265,7 +277,7 @@ class SearchResult:
 
 def summary(study: optuna.Study, storage: str, settings: SearchSettings, seconds: float = 0.0) -> SearchResult:
     done = finished(study)
-    feasible = sum(all(v <= 0 for v in t.constraints.values()) for t in done)
+    feasible = sum(map(is_feasible, done))
     return SearchResult(study.study_name, storage, settings, len(done), feasible, front(study), seconds)
 
 
@@ -282,8 +294,7 @@ def search(
 ) -> SearchResult:
     """Run (or continue) a study until it has ``trials`` finished trials; K workers share the rest."""
     started = time.perf_counter()
-    run = load_run(run_dir)  # a missing run, or a missing predictor, fails here before any worker starts
-    CostModel.for_targets(run.space, settings.targets, settings.resolution)
+    run, costs = _load(run_dir, settings)  # a missing run or predictor fails here, before any worker starts
     url = storage or default_storage(run_dir)
     store = open_storage(url)
     name = study_name or settings.default_name()
@@ -298,7 +309,7 @@ def search(
         ]
         bar = tqdm(total=trials, initial=trials - left, desc=f"search {name}", unit="trial", disable=not progress)
         if len(jobs) == 1:
-            work(jobs[0], [lambda study, trial: _tick(bar, study)])
+            work(jobs[0], [lambda study, trial: _tick(bar, study)], (run, costs))
         else:
             _run_workers(jobs, bar, study)
         bar.close()
@@ -317,7 +328,7 @@ def _tick(bar: tqdm, study: optuna.Study) -> None:
     """Progress: trials done, how many are feasible, the size of the current front."""
     done = finished(study)
     bar.n = len(done)
-    feasible = sum(all(v <= 0 for v in t.constraints.values()) for t in done)
+    feasible = sum(map(is_feasible, done))
     bar.set_postfix(feasible=feasible, front=len(study.best_trials), refresh=False)
     bar.refresh()
 
