@@ -21,8 +21,8 @@ added:
 A ``stem`` or ``head`` measurement is the one kernel of :mod:`hwnas.compile.realparts`. A
 ``network`` measurement is the whole subnet compiled by :func:`hwnas.compile.deploy.compile_subnet`
 and run by TVM's Relax VM, so it adds what kernels leave out: the VM's per-call work and memory
-traffic between kernels. Whenever the kernels or these definitions change, bump
-``targets.store.MEASURE_METHOD``: earlier measurements then stop counting.
+traffic between kernels. Whenever the kernels or these definitions change, bump the
+kind's entry of ``targets.store.MEASURE_METHODS``: earlier measurements of it then stop counting.
 
 Kernel times do not depend on the data (popcounts and selects are branch-free), so every input is
 random with a fixed seed, and networks get a seeded random supernet's weights.

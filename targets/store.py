@@ -5,8 +5,9 @@
 - the target's fingerprint (its resolved TVM target and threads: editing the target file or
   moving ``HWNAS_HOME`` to another CPU starts a fresh set instead of mixing machines),
 - the TVM version (a new compiler means new kernels),
-- the measurement method (``MEASURE_METHOD``: which kernels and what one measurement covers,
-  changed whenever the kernels or that definition change, so stale rows stop counting),
+- the measurement method of the row's kind (``MEASURE_METHODS``: which kernels and what one
+  measurement covers, changed whenever the kernels or that definition change, so stale rows of
+  that kind stop counting while the other kinds keep theirs),
 - the kind (``layer``, ``stem``, ``head`` or ``network``), the configuration as canonical JSON
   (sorted keys, no spaces) and the input resolution.
 
@@ -36,11 +37,13 @@ from hwnas.paths import data_dir
 from targets.target import Target
 
 KINDS = ("layer", "stem", "head", "network")
-MEASURE_METHOD = "fused-2"
-"""Version of what :mod:`targets.measure_tvm` measures; bump it when the kernels or that definition change.
+MEASURE_METHODS = {"layer": "fused-2", "stem": "lanes-3", "head": "lanes-3", "network": "lanes-3"}
+"""Version of what :mod:`targets.measure_tvm` measures, per kind; bump a kind's when its kernels or
+that definition change (and ``network`` with any of them: a network runs them all).
 
 fused-2: layers time the network's own kernels (shortcut and RPReLU fused into each conv); stem,
-head and whole networks are measured."""
+head and whole networks are measured. lanes-3: the stem and head vectorise over power-of-two
+lanes (the stem at 24 or 48 channels had run 3-5x slower than at 32)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
@@ -109,14 +112,16 @@ def tvm_version() -> str:
 
 
 class Store:
-    """Measurements of one target, TVM version and method (rows of others stay in the file, unseen)."""
+    """Measurements of one target, TVM version and methods (rows of others stay in the file, unseen)."""
 
-    def __init__(self, path: Path, target_fingerprint: str, version: str, method: str = MEASURE_METHOD) -> None:
+    def __init__(
+        self, path: Path, target_fingerprint: str, version: str, methods: Mapping[str, str] = MEASURE_METHODS
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.target = target_fingerprint
         self.version = version
-        self.method = method
+        self.methods = dict(methods)
         self._db = sqlite3.connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
@@ -147,11 +152,19 @@ class Store:
                 raise HwnasError(f"another profiler is using {self.path}; wait for it to finish or stop it") from None
             yield
 
-    def _present(self) -> set[Key]:
-        rows = self._db.execute(
-            "SELECT kind, config, resolution FROM measurements WHERE target = ? AND tvm_version = ? AND method = ?",
-            (self.target, self.version, self.method),
+    def _current(self, kind: str | None = None) -> tuple[str, tuple[str, ...]]:
+        """SQL condition and parameters: this target and version, each kind at its own method."""
+        kinds = [kind] if kind else list(KINDS)
+        methods = " OR ".join("(kind = ? AND method = ?)" for _ in kinds)
+        return f"target = ? AND tvm_version = ? AND ({methods})", (
+            self.target,
+            self.version,
+            *(v for k in kinds for v in (k, self.methods[k])),
         )
+
+    def _present(self) -> set[Key]:
+        where, params = self._current()
+        rows = self._db.execute(f"SELECT kind, config, resolution FROM measurements WHERE {where}", params)
         return {Key(*row) for row in rows}
 
     def missing(self, keys: Iterable[Key]) -> list[Key]:
@@ -169,7 +182,7 @@ class Store:
                 (
                     self.target,
                     self.version,
-                    self.method,
+                    self.methods[key.kind],
                     key.kind,
                     key.config,
                     key.resolution,
@@ -183,19 +196,22 @@ class Store:
 
     def get(self, key: Key) -> Measurement | None:
         """The measurement of ``key``, or None if it was never made."""
+        where, params = self._current(key.kind)
         row = self._db.execute(
-            "SELECT median_ms, spread_ms, repeats, measured_at FROM measurements WHERE target = ? AND tvm_version = ?"
-            " AND method = ? AND kind = ? AND config = ? AND resolution = ?",
-            (self.target, self.version, self.method, key.kind, key.config, key.resolution),
+            f"SELECT median_ms, spread_ms, repeats, measured_at FROM measurements WHERE {where}"
+            " AND config = ? AND resolution = ?",
+            (*params, key.config, key.resolution),
         ).fetchone()
         return Measurement(key, *row) if row else None
 
     def measurements(self, kind: str | None = None) -> list[Measurement]:
         """All measurements of this target, TVM version and method (of one kind if given), oldest first."""
-        query = "SELECT kind, config, resolution, median_ms, spread_ms, repeats, measured_at FROM measurements"
-        query += " WHERE target = ? AND tvm_version = ? AND method = ?" + (" AND kind = ?" if kind else "")
-        params = (self.target, self.version, self.method, *([kind] if kind else []))
-        rows = self._db.execute(query + " ORDER BY rowid", params)
+        where, params = self._current(kind)
+        rows = self._db.execute(
+            "SELECT kind, config, resolution, median_ms, spread_ms, repeats, measured_at FROM measurements"
+            f" WHERE {where} ORDER BY rowid",
+            params,
+        )
         return [Measurement(Key(k, c, r), m, s, n, t) for k, c, r, m, s, n, t in rows]
 
     def counts(self) -> dict[str, int]:

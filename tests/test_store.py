@@ -10,7 +10,7 @@ from hwnas.errors import HwnasError
 from hwnas.space import NASBNN
 from targets.configs import LayerConfig, layer_configs, sample_configs, sample_networks
 from targets.profile import layer_jobs, network_jobs, run_jobs
-from targets.store import Key, Store, store_path, summarize
+from targets.store import MEASURE_METHODS, Key, Store, store_path, summarize
 from targets.target import load_target
 
 
@@ -75,11 +75,20 @@ def test_other_tvm_version_or_target_does_not_count(store):
     others = (
         Store(store.path, "fingerprint", "0.28"),
         Store(store.path, "other cpu", "0.27-test"),
-        Store(store.path, "fingerprint", "0.27-test", "kernels-0"),
+        Store(store.path, "fingerprint", "0.27-test", {**MEASURE_METHODS, "layer": "kernels-0"}),
     )
     for other in others:
         with other:
             assert other.missing([key]) == [key] and other.measurements() == []
+
+
+def test_a_new_method_of_one_kind_keeps_the_other_kinds(store):
+    layer, stem = Key.of("layer", {"c_in": 8}, 224), Key.of("stem", {"c": 24}, 224)
+    store.add(layer, [1.0])
+    store.add(stem, [2.0])
+    with Store(store.path, "fingerprint", "0.27-test", {**MEASURE_METHODS, "stem": "lanes-0"}) as other:
+        assert other.missing([layer, stem]) == [stem]
+        assert [m.key for m in other.measurements()] == [layer] and other.get(stem) is None
 
 
 def test_interrupted_profiling_resumes_without_measuring_twice(tmp_path):
