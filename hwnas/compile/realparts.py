@@ -14,7 +14,6 @@ from tvm import te, tirx
 from hwnas.arch import STEM_IN_CHANNELS, STEM_KERNEL, STEM_STRIDE, conv_out_size
 from hwnas.compile.epilogue import activation_params, rprelu
 
-
 MAX_LANES = 32  # float lanes of one vectorised loop: two AVX-512 registers
 
 
