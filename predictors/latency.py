@@ -269,7 +269,7 @@ def fit(
         "target": target.name,
         "target_fingerprint": target.fingerprint(),
         "tvm_version": store.version,
-        "measure_method": store.method,
+        "measure_methods": store.methods,
         "feature_schema": FEATURE_SCHEMA_VERSION,
         "features": list(LAYER_FEATURES),
         "resolution": resolution,

@@ -26,6 +26,9 @@ kind's entry of ``targets.store.MEASURE_METHODS``: earlier measurements of it th
 
 Kernel times do not depend on the data (popcounts and selects are branch-free), so every input is
 random with a fixed seed, and networks get a seeded random supernet's weights.
+
+Every measure function installs the session's slow-window probe (:class:`targets.session.SlowWindows`):
+the binary conv of ``PROBE_LAYER``, timed before and after each batch.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ import numpy as np
 from hwnas.arch import Arch
 from targets.configs import NETWORK_CLASSES, LayerConfig, PartConfig
 from targets.profile import LayerMeasure, NetworkMeasure, PartMeasure
-from targets.session import Session
+from targets.session import Session, SlowWindows
+
+PROBE_LAYER = LayerConfig(c_in=128, c_out=128, k=3, g=4, stride=1, size_in=28)
+"""The layer whose binary conv is the slow-window probe: a mid-sized kernel of the space (about 0.1 ms)."""
 
 
 def random_args(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
@@ -71,13 +77,32 @@ def part_kernel(part: PartConfig, resolution: int) -> Any:
     return head_kernel(c["c"], c["size"], c["classes"])
 
 
+def load_func(session: Session, func: Any, rng: np.random.Generator) -> tuple[Any, list[Any]]:
+    """A PrimFunc compiled for the session's target and loaded on its device, with random arguments there."""
+    import tvm
+
+    module = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    exe = tvm.compile(module, target=session.target.tvm_target())
+    return session.load(exe), [session.tensor(a) for a in random_args(func, rng)]
+
+
+def watch_slow_windows(session: Session) -> None:
+    """Install the session's slow-window probe, the binary conv of ``PROBE_LAYER`` (once per session)."""
+    if session.slow_windows is not None:
+        return
+    mod, args = load_func(session, layer_kernels(PROBE_LAYER, session.target.tvm_target())[1], np.random.default_rng(0))
+    mod["main"](*args)
+    timer = mod.time_evaluator("main", session.device, number=1, repeat=3, min_repeat_ms=5)
+    session.slow_windows = SlowWindows(lambda: float(np.median(timer(*args).results)) * 1e3)
+    for _ in range(3):  # past the thread pool's start, and a first estimate of the fast mode
+        session.slow_windows.read()
+
+
 class _KernelTimer:
     """Compiles PrimFuncs for the session's target and times them on its device with random inputs."""
 
     def __init__(self, session: Session, timing: dict[str, int]) -> None:
-        import tvm
-
-        self.tvm = tvm
+        watch_slow_windows(session)
         self.session = session
         self.target = session.target.tvm_target()
         self.timing = timing
@@ -87,10 +112,7 @@ class _KernelTimer:
         """Per-repeat milliseconds of the functions, each timed on its own, summed repeat by repeat."""
         total = np.zeros(self.timing["repeat"])
         for func in funcs:
-            module = self.tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-            exe = self.tvm.compile(module, target=self.target)
-            args = [self.session.tensor(a) for a in random_args(func, self.rng)]
-            total += self.session.time_ms(self.session.load(exe), args, **self.timing)
+            total += self.session.time_ms(*load_func(self.session, func, self.rng), **self.timing)
         return total.tolist()
 
 
@@ -125,6 +147,7 @@ def network_measure(
     from hwnas.model import build_supernet
     from hwnas.space import NASBNN
 
+    watch_slow_windows(session)
     target = session.target.tvm_target()
     torch.manual_seed(seed)
     supernet = build_supernet(NASBNN, classes).eval()

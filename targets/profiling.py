@@ -42,6 +42,7 @@ def profile_target(
     parts = part_configs(NASBNN, res) if configs else []  # the predictor needs them with layers
     archs = sample_networks(NASBNN, plan.networks, plan.seed) if plan.networks else []
     reports: dict[str, Report] = {}
+    slow_batches = 0
     with Store.for_target(target) as store:
         left = {
             "layers": store.missing(layer_key(c, res) for c in configs),
@@ -65,10 +66,12 @@ def profile_target(
                 if left["networks"]:
                     measure = measure_tvm.network_measure(session, **kw)
                     reports["networks"] = run_jobs(store, network_jobs(archs, res, measure), progress)
+                slow_batches = session.slow_windows.slow_batches if session.slow_windows else 0
         return {
             "target": target.name,
             "store": str(store.path),
             "resolution": res,
             "runs": {kind: report.to_json() for kind, report in reports.items()},
+            "slow_window_batches": slow_batches,
             "stored": store.counts(),
         }

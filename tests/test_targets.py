@@ -20,6 +20,7 @@ from hwnas.arch import Arch
 from hwnas.cli import main
 from hwnas.model import build_supernet
 from hwnas.space import NASBNN
+from targets import session as session_module
 from targets.configs import (
     LayerConfig,
     arch_configs,
@@ -29,8 +30,9 @@ from targets.configs import (
     sample_configs,
     sample_networks,
 )
+from targets.measure_tvm import watch_slow_windows
 from targets.profile import layer_jobs, network_jobs, run_jobs
-from targets.session import DeviceUnreachable, open_session
+from targets.session import DeviceUnreachable, SlowWindows, open_session
 from targets.store import Store
 from targets.target import TargetError, load_target, read_target, target_files, user_targets_dir
 
@@ -245,6 +247,31 @@ def test_timing_retries_an_unsteady_batch():
         assert session.time_ms(FakeTimed([noisy, steady, noisy]), [], tries=3) == pytest.approx([2, 2.01, 2, 2.02])
         assert session.time_ms(FakeTimed([noisier, noisy]), [], tries=2) == pytest.approx([1, 3, 1, 2])
         assert session.time_ms(FakeTimed([noisy, steady]), [], tries=1) == pytest.approx([1, 3, 1, 2])
+
+
+def test_timing_waits_out_a_slow_window(monkeypatch):
+    fast, slow = [2e-3, 2e-3, 2e-3, 2e-3], [4.4e-3, 4.4e-3, 4.4e-3, 4.4e-3]
+    monkeypatch.setattr(session_module, "SLOW_PAUSE_S", 0.0)
+    with open_session(load_target("local")) as session:
+        # the probe reads 1.0 ms outside a window, 2.2 inside; read before and after each batch
+        readings = iter([1.0, 1.0, 1.0, 2.2, 2.2, 2.2, 2.2, 1.0, 1.0])
+        session.slow_windows = SlowWindows(lambda: next(readings))
+        session.slow_windows.read()
+        assert session.time_ms(FakeTimed([fast]), [], tries=1) == pytest.approx([2, 2, 2, 2])
+        assert session.time_ms(FakeTimed([slow, slow, fast]), [], tries=1) == pytest.approx([2, 2, 2, 2])
+        assert session.slow_windows.slow_batches == 2
+        monkeypatch.setattr(session_module, "SLOW_WAIT_S", 0.0)  # a window that outlasts the wait
+        session.slow_windows = SlowWindows(iter([1.0, 2.2, 2.2]).__next__)
+        session.slow_windows.read()
+        assert session.time_ms(FakeTimed([slow, fast]), [], tries=1) == pytest.approx([4.4, 4.4, 4.4, 4.4])
+
+
+def test_measuring_installs_the_slow_window_probe():
+    with open_session(load_target("local")) as session:
+        watch_slow_windows(session)
+        probe = session.slow_windows
+        watch_slow_windows(session)
+        assert session.slow_windows is probe and 0 < probe.read() < 10 and probe.fastest < 10
 
 
 @pytest.fixture
