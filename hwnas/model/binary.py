@@ -42,9 +42,7 @@ def binary_activation(x: Tensor) -> Tensor:
 
 def channel_norm(w: Tensor, eps: float = 1e-5) -> Tensor:
     """Channel-wise weight normalization: zero mean, unit variance per output channel."""
-    dims = tuple(range(1, w.dim()))
-    mean = w.mean(dim=dims, keepdim=True)
-    var = w.var(dim=dims, keepdim=True, unbiased=False)
+    var, mean = torch.var_mean(w, dim=tuple(range(1, w.dim())), keepdim=True, unbiased=False)
     return (w - mean) / torch.sqrt(var + eps)
 
 
@@ -109,8 +107,7 @@ class RPReLU(PerChannel):
         self.shift_out = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x - self._param(self.shift_in, x)
-        return torch.where(x >= 0, x, x * self._param(self.slope, x)) + self._param(self.shift_out, x)
+        return F.prelu(x - self._param(self.shift_in, x), self.slope[: x.shape[1]]) + self._param(self.shift_out, x)
 
 
 class _RoundSTE(torch.autograd.Function):
