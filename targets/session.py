@@ -121,9 +121,9 @@ class Session:
                 break
             if slow:
                 windows.slow_batches += 1
-            if slow and time.monotonic() < deadline:
-                time.sleep(SLOW_PAUSE_S)
-                continue
+                if time.monotonic() < deadline:
+                    time.sleep(SLOW_PAUSE_S)
+                    continue
             if tried >= tries:
                 break
             if busy:

@@ -206,7 +206,7 @@ class Store:
         return Measurement(key, *row) if row else None
 
     def measurements(self, kind: str | None = None) -> list[Measurement]:
-        """All measurements of this target, TVM version and method (of one kind if given), oldest first."""
+        """All measurements of this target, TVM version and methods (of one kind if given), oldest first."""
         where, params = self._current(kind)
         rows = self._db.execute(
             "SELECT kind, config, resolution, median_ms, spread_ms, repeats, measured_at FROM measurements"
