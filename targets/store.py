@@ -37,14 +37,16 @@ from hwnas.paths import data_dir
 from targets.target import Target
 
 KINDS = ("layer", "stem", "head", "network")
-MEASURE_METHODS = {"layer": "windows-3", "stem": "windows-3", "head": "windows-3", "network": "windows-3"}
+MEASURE_METHODS = {"layer": "windows-4", "stem": "windows-4", "head": "windows-4", "network": "windows-4"}
 """Version of what :mod:`targets.measure_tvm` measures, per kind; bump a kind's when its kernels or
 that definition change (and ``network`` with any of them: a network runs them all).
 
 fused-2: layers time the network's own kernels (shortcut and RPReLU fused into each conv); stem,
 head and whole networks are measured. windows-3: every batch is checked against the device's slow
 windows and retried outside them (:class:`targets.session.SlowWindows`), and the stem and head
-vectorise over power-of-two lanes (the stem at 24 or 48 channels had run 3-5x slower than at 32)."""
+vectorise over power-of-two lanes (the stem at 24 or 48 channels had run 3-5x slower than at 32).
+windows-4: a slow window is a probe reading 1.2x the fastest (was 1.4x, which let batches 1.1-1.3x
+slow through)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
