@@ -29,10 +29,16 @@ random with a fixed seed, and networks get a seeded random supernet's weights.
 
 Every measure function installs the session's slow-window probe (:class:`targets.session.SlowWindows`):
 the binary conv of ``PROBE_LAYER``, timed before and after each batch.
+
+A measure function compiles and returns a :data:`targets.profile.Timer`, and may be called from
+several threads at once (the driver compiles in parallel). TVM's IR builders keep global state
+(Relax's BlockBuilder a class-level stack), so building the IR holds ``_IR_LOCK``; compiling it
+runs in parallel. Timers load and time on the device, from the driver's thread only.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +46,10 @@ import numpy as np
 
 from hwnas.arch import Arch
 from targets.configs import NETWORK_CLASSES, LayerConfig, PartConfig
-from targets.profile import LayerMeasure, NetworkMeasure, PartMeasure
+from targets.profile import LayerMeasure, NetworkMeasure, PartMeasure, Timer
 from targets.session import Session, SlowWindows
+
+_IR_LOCK = threading.Lock()
 
 PROBE_LAYER = LayerConfig(c_in=128, c_out=128, k=3, g=4, stride=1, size_in=28)
 """The layer whose binary conv is the slow-window probe: a mid-sized kernel of the space (about 0.04 ms here)."""
@@ -77,12 +85,15 @@ def part_kernel(part: PartConfig, resolution: int) -> Any:
     return head_kernel(c["c"], c["size"], c["classes"])
 
 
-def load_func(session: Session, func: Any, rng: np.random.Generator) -> tuple[Any, list[Any]]:
-    """A PrimFunc compiled for the session's target and loaded on its device, with random arguments there."""
+def compile_func(func: Any, target: Any) -> Any:
+    """A PrimFunc compiled for ``target`` (an Executable whose function is ``main``)."""
     import tvm
 
-    module = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    exe = tvm.compile(module, target=session.target.tvm_target())
+    return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+
+
+def load_func(session: Session, func: Any, exe: Any, rng: np.random.Generator) -> tuple[Any, list[Any]]:
+    """``exe``, the compiled ``func``, loaded on the session's device, with random arguments there."""
     return session.load(exe), [session.tensor(a) for a in random_args(func, rng)]
 
 
@@ -90,7 +101,9 @@ def watch_slow_windows(session: Session) -> None:
     """Install the session's slow-window probe, the binary conv of ``PROBE_LAYER`` (once per session)."""
     if session.slow_windows is not None:
         return
-    mod, args = load_func(session, layer_kernels(PROBE_LAYER, session.target.tvm_target())[1], np.random.default_rng(0))
+    target = session.target.tvm_target()
+    probe = layer_kernels(PROBE_LAYER, target)[1]
+    mod, args = load_func(session, probe, compile_func(probe, target), np.random.default_rng(0))
     mod["main"](*args)
     timer = mod.time_evaluator("main", session.device, number=1, repeat=3, min_repeat_ms=5)
     session.slow_windows = SlowWindows(lambda: float(np.median(timer(*args).results)) * 1e3)
@@ -99,7 +112,7 @@ def watch_slow_windows(session: Session) -> None:
 
 
 class _KernelTimer:
-    """Compiles PrimFuncs for the session's target and times them on its device with random inputs."""
+    """Compiles PrimFuncs for the session's target; the Timer times them on its device with random inputs."""
 
     def __init__(self, session: Session, timing: dict[str, int]) -> None:
         watch_slow_windows(session)
@@ -108,25 +121,33 @@ class _KernelTimer:
         self.timing = timing
         self.rng = np.random.default_rng(0)
 
-    def __call__(self, funcs: Sequence[Any]) -> list[float]:
-        """Per-repeat milliseconds of the functions, each timed on its own, summed repeat by repeat."""
-        total = np.zeros(self.timing["repeat"])
-        for func in funcs:
-            total += self.session.time_ms(*load_func(self.session, func, self.rng), **self.timing)
-        return total.tolist()
+    def __call__(self, make_funcs: Any) -> Timer:
+        """Compile the PrimFuncs ``make_funcs()`` builds; the Timer gives their per-repeat
+        milliseconds, each function timed on its own, summed repeat by repeat."""
+        with _IR_LOCK:
+            funcs = make_funcs()
+        exes = [compile_func(func, self.target) for func in funcs]
+
+        def time() -> list[float]:
+            total = np.zeros(self.timing["repeat"])
+            for func, exe in zip(funcs, exes, strict=True):
+                total += self.session.time_ms(*load_func(self.session, func, exe, self.rng), **self.timing)
+            return total.tolist()
+
+        return time
 
 
 def layer_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20, tries: int = 1) -> LayerMeasure:
     """A LayerMeasure timing the layer's four kernels on the session's device (``Session.time_ms``
     says what ``repeat``, ``min_repeat_ms`` and ``tries`` do)."""
     timer = _KernelTimer(session, {"repeat": repeat, "min_repeat_ms": min_repeat_ms, "tries": tries})
-    return lambda config: timer(layer_kernels(config, timer.target))
+    return lambda config: timer(lambda: layer_kernels(config, timer.target))
 
 
 def part_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20, tries: int = 1) -> PartMeasure:
     """A PartMeasure timing the stem's or head's kernel on the session's device."""
     timer = _KernelTimer(session, {"repeat": repeat, "min_repeat_ms": min_repeat_ms, "tries": tries})
-    return lambda part, resolution: timer([part_kernel(part, resolution)])
+    return lambda part, resolution: timer(lambda: [part_kernel(part, resolution)])
 
 
 def network_measure(
@@ -141,9 +162,11 @@ def network_measure(
     seeded supernet, ``classes`` outputs), loaded through the session (exported with the target's
     cross compiler and uploaded when remote), ``main`` timed by the Relax VM's time_evaluator."""
     import torch
+    import tvm
     from tvm import relax
 
-    from hwnas.compile.deploy import compile_subnet
+    from hwnas.compile.fold import fold
+    from hwnas.compile.network import build_module
     from hwnas.model import build_supernet
     from hwnas.space import NASBNN
 
@@ -153,10 +176,16 @@ def network_measure(
     supernet = build_supernet(NASBNN, classes).eval()
     rng = np.random.default_rng(seed)
 
-    def measure(arch: Arch, resolution: int) -> Sequence[float]:
-        compiled = compile_subnet(supernet.extract(arch), resolution, target)
-        vm = relax.VirtualMachine(session.load(compiled.executable), session.device)
-        image = session.tensor(rng.standard_normal((1, 3, resolution, resolution), dtype=np.float32))
-        return session.time_ms(vm, [image], repeat=repeat, min_repeat_ms=min_repeat_ms, tries=tries)
+    def measure(arch: Arch, resolution: int) -> Timer:
+        with _IR_LOCK:  # as compile_subnet does, with only tvm.compile outside the lock
+            module, _ = build_module(fold(supernet.extract(arch), resolution), target)
+        executable = tvm.compile(module, target=target)
+
+        def time() -> Sequence[float]:
+            vm = relax.VirtualMachine(session.load(executable), session.device)
+            image = session.tensor(rng.standard_normal((1, 3, resolution, resolution), dtype=np.float32))
+            return session.time_ms(vm, [image], repeat=repeat, min_repeat_ms=min_repeat_ms, tries=tries)
+
+        return time
 
     return measure

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError
-from targets.profile import network_jobs, network_key, run_jobs
+from targets.profile import HOST_CORES, network_jobs, network_key, run_jobs
 from targets.session import open_session
 from targets.store import Measurement, Store
 from targets.target import Target
@@ -47,7 +47,7 @@ def measure_networks(
                 measure = measure_tvm.network_measure(
                     session, repeat=timing.repeat, min_repeat_ms=timing.min_repeat_ms, tries=timing.tries
                 )
-                report = run_jobs(store, network_jobs(pending, resolution, measure), progress)
+                report = run_jobs(store, network_jobs(pending, resolution, measure), progress, build_workers=HOST_CORES)
             if report.failed:
                 what, error = report.failed[0]
                 raise HwnasError(f"measuring on target {target.name!r} failed: {what}: {error}")

@@ -1,10 +1,14 @@
 """The profiling driver: measure what the store lacks, one job at a time, each committed at once.
 
-The driver knows nothing about TVM. A measure function takes one configuration and returns the
-per-repeat times in milliseconds; :mod:`targets.measure_tvm` builds the real ones for a session on
-a target, and tests pass fakes. A job whose measure function raises (a failed compile, a dropped
-connection) is reported and skipped, and is tried again by the next run; KeyboardInterrupt stops
-the run, and everything measured before it is already in the store.
+The driver knows nothing about TVM. A measure function takes one configuration, compiles what it
+measures and returns a :data:`Timer`, which times it on the device (per-repeat milliseconds);
+:mod:`targets.measure_tvm` builds the real ones for a session on a target, and tests pass fakes.
+Compiling takes most of a profile (a whole network: about 3 s to compile, 0.3 s to time) and
+runs on the host, so ``build_workers`` threads compile a chunk of jobs at once; the chunk is then
+timed one job at a time with the compiler idle, so nothing else runs beside a timed kernel.
+A job whose build or timing raises (a failed compile, a dropped connection) is reported and
+skipped, and is tried again by the next run; KeyboardInterrupt stops the run, and everything
+measured before it is already in the store.
 
 What one ``layer``, ``stem`` or ``head`` measurement covers is defined by the measure functions
 of :mod:`targets.measure_tvm`; the predictor sums exactly those over a network.
@@ -12,7 +16,10 @@ of :mod:`targets.measure_tvm`; the predictor sums exactly those over a network.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,33 +29,36 @@ from hwnas.arch import Arch
 from targets.configs import LayerConfig, PartConfig
 from targets.store import Key, Store
 
+Timer = Callable[[], Sequence[float]]
+"""Times what a measure function compiled, on the device: per-repeat milliseconds."""
+
 
 class LayerMeasure(Protocol):
-    """Per-repeat milliseconds of one layer configuration's kernels on the target."""
+    """Compiles one layer configuration's kernels for the target; the Timer times them."""
 
-    def __call__(self, config: LayerConfig) -> Sequence[float]: ...
+    def __call__(self, config: LayerConfig) -> Timer: ...
 
 
 class PartMeasure(Protocol):
-    """Per-repeat milliseconds of a real-valued part's kernel (stem or head) at a resolution."""
+    """Compiles a real-valued part's kernel (stem or head) at a resolution; the Timer times it."""
 
-    def __call__(self, part: PartConfig, resolution: int) -> Sequence[float]: ...
+    def __call__(self, part: PartConfig, resolution: int) -> Timer: ...
 
 
 class NetworkMeasure(Protocol):
-    """Per-repeat milliseconds of one whole subnet, compiled end to end, at a resolution.
+    """Compiles one whole subnet end to end at a resolution; the Timer times it.
 
     The network compiler provides it (see :func:`targets.measure_tvm.network_measure`).
     """
 
-    def __call__(self, arch: Arch, resolution: int) -> Sequence[float]: ...
+    def __call__(self, arch: Arch, resolution: int) -> Timer: ...
 
 
 @dataclass(frozen=True)
 class Job:
     key: Key
     label: str
-    run: Callable[[], Sequence[float]]
+    build: Callable[[], Timer]
 
 
 @dataclass
@@ -95,33 +105,71 @@ def network_jobs(archs: Sequence[Arch], resolution: int, measure: NetworkMeasure
     return [Job(network_key(a, resolution), f"network {a}", lambda a=a: measure(a, resolution)) for a in archs]
 
 
-def run_jobs(store: Store, jobs: Sequence[Job], progress: bool = True, max_failures_in_a_row: int = 5) -> Report:
+BUILD_CHUNK = 8
+"""Jobs compiled together before they are timed, when builds run in parallel."""
+HOST_CORES = os.cpu_count() or 1
+"""Build threads of a profile: the host compiles while nothing is timed, with all its cores."""
+
+
+def run_jobs(
+    store: Store,
+    jobs: Sequence[Job],
+    progress: bool = True,
+    max_failures_in_a_row: int = 5,
+    build_workers: int = 1,
+) -> Report:
     """Measure every job whose key the store lacks, in order, committing each one.
 
-    After ``max_failures_in_a_row`` consecutive failures (a lost device, a broken kernel build)
-    the run stops, with the reason in the report, rather than failing every remaining job.
+    With ``build_workers`` > 1, chunks of :data:`BUILD_CHUNK` jobs are compiled by that many
+    threads, then timed in order (see the module docstring). After ``max_failures_in_a_row``
+    consecutive failures (a lost device, a broken kernel build) the run stops, with the reason in
+    the report, rather than failing every remaining job.
     """
     unique = list({job.key: job for job in jobs}.values())
     todo = set(store.missing(job.key for job in unique))
     pending = [job for job in unique if job.key in todo]
     report = Report(total=len(unique), already=len(unique) - len(pending))
     streak = 0
-    bar = tqdm(pending, desc="profiling", unit="kernel", disable=not progress, leave=False)
-    for job in bar:
-        bar.set_postfix_str(job.label, refresh=False)
-        try:
-            samples = job.run()
-        except Exception as exc:  # a failed compile or a lost device: report, skip, go on
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            report.failed.append((job.label, message))
-            bar.write(f"failed: {job.label}: {message}")
-            streak += 1
-            if streak == max_failures_in_a_row:
-                report.stopped = f"stopped after {streak} failures in a row; rerun to resume"
-                break
-            continue
-        streak = 0
-        store.add(job.key, samples)
-        report.measured += 1
+    bar = tqdm(total=len(pending), desc="profiling", unit="kernel", disable=not progress, leave=False)
+    with ThreadPoolExecutor(build_workers) if build_workers > 1 else nullcontext() as pool:
+        for job, built in _built(pending, pool):
+            bar.set_postfix_str(job.label, refresh=False)
+            try:
+                if isinstance(built, Exception):
+                    raise built
+                samples = built()
+            except Exception as exc:  # a failed compile or a lost device: report, skip, go on
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                report.failed.append((job.label, message))
+                bar.write(f"failed: {job.label}: {message}")
+                streak += 1
+                if streak == max_failures_in_a_row:
+                    report.stopped = f"stopped after {streak} failures in a row; rerun to resume"
+                    break
+                continue
+            finally:
+                bar.update()
+            streak = 0
+            store.add(job.key, samples)
+            report.measured += 1
     bar.close()
     return report
+
+
+def _built(jobs: Sequence[Job], pool: ThreadPoolExecutor | None) -> Iterator[tuple[Job, Timer | Exception]]:
+    """Each job with its Timer (or the exception its build raised): built one by one without a
+    pool, else a chunk at a time, every build of the chunk finished before the first is yielded."""
+    if pool is None:
+        for job in jobs:
+            yield job, _try_build(job)
+        return
+    for start in range(0, len(jobs), BUILD_CHUNK):
+        chunk = jobs[start : start + BUILD_CHUNK]
+        yield from zip(chunk, list(pool.map(_try_build, chunk)), strict=True)
+
+
+def _try_build(job: Job) -> Timer | Exception:
+    try:
+        return job.build()
+    except Exception as exc:
+        return exc

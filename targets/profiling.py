@@ -15,7 +15,17 @@ from hwnas.commands.output import log
 from hwnas.space import NASBNN
 from targets.configs import layer_configs, part_configs, sample_configs, sample_networks
 from targets.measured import DEFAULT_TIMING, Timing
-from targets.profile import Report, layer_jobs, layer_key, network_jobs, network_key, part_jobs, part_key, run_jobs
+from targets.profile import (
+    HOST_CORES,
+    Report,
+    layer_jobs,
+    layer_key,
+    network_jobs,
+    network_key,
+    part_jobs,
+    part_key,
+    run_jobs,
+)
 from targets.session import open_session
 from targets.store import Store
 from targets.target import Target
@@ -59,13 +69,19 @@ def profile_target(
                 kw = asdict(timing)
                 if left["layers"]:
                     measure = measure_tvm.layer_measure(session, **kw)
-                    reports["layers"] = run_jobs(store, layer_jobs(configs, res, measure), progress)
+                    reports["layers"] = run_jobs(
+                        store, layer_jobs(configs, res, measure), progress, build_workers=HOST_CORES
+                    )
                 if left["parts"]:
                     measure = measure_tvm.part_measure(session, **kw)
-                    reports["parts"] = run_jobs(store, part_jobs(parts, res, measure), progress)
+                    reports["parts"] = run_jobs(
+                        store, part_jobs(parts, res, measure), progress, build_workers=HOST_CORES
+                    )
                 if left["networks"]:
                     measure = measure_tvm.network_measure(session, **kw)
-                    reports["networks"] = run_jobs(store, network_jobs(archs, res, measure), progress)
+                    reports["networks"] = run_jobs(
+                        store, network_jobs(archs, res, measure), progress, build_workers=HOST_CORES
+                    )
                 slow_batches = session.slow_windows.slow_batches if session.slow_windows else 0
         return {
             "target": target.name,

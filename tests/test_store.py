@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from hwnas.errors import HwnasError
 from hwnas.space import NASBNN
 from targets.configs import LayerConfig, layer_configs, sample_configs, sample_networks
-from targets.profile import layer_jobs, network_jobs, run_jobs
+from targets.profile import BUILD_CHUNK, layer_jobs, network_jobs, run_jobs
 from targets.store import MEASURE_METHODS, Key, Store, store_path, summarize
 from targets.target import load_target
 
@@ -27,20 +28,37 @@ def store(tmp_path) -> Store:
 
 
 class CountingMeasure:
-    """A fake layer measure: counts calls per config, raises KeyboardInterrupt on call number ``stop_at``."""
+    """A fake layer measure: counts builds per config, raises KeyboardInterrupt on build number
+    ``stop_at``, fails the builds of ``fail`` and the timings of ``fail_timing``; ``events`` is
+    the order of builds and timings."""
 
-    def __init__(self, stop_at: int | None = None, fail: set[LayerConfig] | None = None) -> None:
+    def __init__(
+        self,
+        stop_at: int | None = None,
+        fail: set[LayerConfig] | None = None,
+        fail_timing: set[LayerConfig] | None = None,
+    ) -> None:
         self.calls: list[LayerConfig] = []
+        self.events: list[tuple[str, LayerConfig]] = []
         self.stop_at = stop_at
         self.fail = fail or set()
+        self.fail_timing = fail_timing or set()
 
-    def __call__(self, config: LayerConfig) -> list[float]:
+    def __call__(self, config: LayerConfig) -> Callable[[], list[float]]:
         if self.stop_at is not None and len(self.calls) == self.stop_at:
             raise KeyboardInterrupt
         self.calls.append(config)
+        self.events.append(("build", config))
         if config in self.fail:
             raise RuntimeError("compile failed\nwith details")
-        return [config.c_in * 1e-3, config.c_in * 1.1e-3, config.c_in * 1.2e-3]
+
+        def time() -> list[float]:
+            self.events.append(("time", config))
+            if config in self.fail_timing:
+                raise ConnectionError("device lost")
+            return [config.c_in * 1e-3, config.c_in * 1.1e-3, config.c_in * 1.2e-3]
+
+        return time
 
 
 def test_summarize_median_and_iqr():
@@ -120,6 +138,21 @@ def test_failures_are_reported_skipped_and_retried(store):
     assert retry.calls == [configs[1]]
 
 
+def test_parallel_builds_finish_a_chunk_before_it_is_timed(store):
+    configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 3]
+    measure = CountingMeasure(fail={configs[2]}, fail_timing={configs[5]})
+    report = run_jobs(store, layer_jobs(configs, 224, measure), progress=False, build_workers=2)
+    assert report.measured == len(configs) - 2
+    assert report.failed == [(f"layer {configs[2]}", "compile failed"), (f"layer {configs[5]}", "device lost")]
+    kinds = [kind for kind, _ in measure.events]
+    first_time = kinds.index("time")
+    assert kinds[:first_time] == ["build"] * BUILD_CHUNK  # no build runs beside a timed job
+    assert kinds[first_time : first_time + BUILD_CHUNK - 1] == ["time"] * (BUILD_CHUNK - 1)  # one build failed
+    assert [c for kind, c in measure.events if kind == "time"] == [c for c in configs if c != configs[2]]
+    stored = {LayerConfig.from_json(m.key.config_json()) for m in store.measurements("layer")}
+    assert stored == set(configs) - {configs[2], configs[5]}
+
+
 def test_a_run_of_failures_stops_the_run(store):
     configs = layer_configs(NASBNN, 224)[:10]
     broken = CountingMeasure(fail=set(configs))
@@ -136,7 +169,8 @@ def test_network_jobs_use_the_hook(store):
 
     def measure_network(arch, resolution):
         seen.append((arch, resolution))
-        return [float(len(seen))]
+        samples = [float(len(seen))]
+        return lambda: samples
 
     report = run_jobs(store, network_jobs(archs, 160, measure_network), progress=False)
     assert report.measured == 3 and seen == [(a, 160) for a in archs]
