@@ -26,6 +26,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from hwnas.arch import Arch
+from hwnas.errors import HwnasError
 from targets.configs import LayerConfig, PartConfig
 from targets.store import Key, Store
 
@@ -111,6 +112,11 @@ HOST_CORES = os.cpu_count() or 1
 """Build threads of a profile: the host compiles while nothing is timed, with all its cores."""
 
 
+class RetryLater(HwnasError):
+    """A timing the device could not give just now (it stayed in a slow window): the job goes to
+    the end of the run and is timed once more there, from what it already compiled."""
+
+
 def run_jobs(
     store: Store,
     jobs: Sequence[Job],
@@ -121,37 +127,54 @@ def run_jobs(
     """Measure every job whose key the store lacks, in order, committing each one.
 
     With ``build_workers`` > 1, chunks of :data:`BUILD_CHUNK` jobs are compiled by that many
-    threads, then timed in order (see the module docstring). After ``max_failures_in_a_row``
-    consecutive failures (a lost device, a broken kernel build) the run stops, with the reason in
-    the report, rather than failing every remaining job.
+    threads, then timed in order (see the module docstring). A job whose timing raises
+    :class:`RetryLater` is timed again after the others; if it raises again it fails. After
+    ``max_failures_in_a_row`` consecutive failures (a lost device, a broken kernel build) the run
+    stops, with the reason in the report, rather than failing every remaining job.
     """
     unique = list({job.key: job for job in jobs}.values())
     todo = set(store.missing(job.key for job in unique))
     pending = [job for job in unique if job.key in todo]
     report = Report(total=len(unique), already=len(unique) - len(pending))
+    deferred: list[tuple[Job, Timer]] = []
     streak = 0
     bar = tqdm(total=len(pending), desc="profiling", unit="kernel", disable=not progress, leave=False)
+
+    def attempt(job: Job, built: Timer | Exception, last_try: bool) -> bool:
+        """Time and store one job; False when the run must stop."""
+        nonlocal streak
+        bar.set_postfix_str(job.label, refresh=False)
+        try:
+            if isinstance(built, Exception):
+                raise built
+            samples = built()
+        except Exception as exc:  # a failed compile or a lost device: report, skip, go on
+            if isinstance(exc, RetryLater) and not last_try:
+                deferred.append((job, built))  # built is a Timer: only timings raise RetryLater
+                return True
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            report.failed.append((job.label, message))
+            bar.write(f"failed: {job.label}: {message}")
+            bar.update()
+            streak += 1
+            if streak == max_failures_in_a_row:
+                report.stopped = f"stopped after {streak} failures in a row; rerun to resume"
+                return False
+            return True
+        bar.update()
+        streak = 0
+        store.add(job.key, samples)
+        report.measured += 1
+        return True
+
     with ThreadPoolExecutor(build_workers) if build_workers > 1 else nullcontext() as pool:
         for job, built in _built(pending, pool):
-            bar.set_postfix_str(job.label, refresh=False)
-            try:
-                if isinstance(built, Exception):
-                    raise built
-                samples = built()
-            except Exception as exc:  # a failed compile or a lost device: report, skip, go on
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                report.failed.append((job.label, message))
-                bar.write(f"failed: {job.label}: {message}")
-                streak += 1
-                if streak == max_failures_in_a_row:
-                    report.stopped = f"stopped after {streak} failures in a row; rerun to resume"
+            if not attempt(job, built, last_try=False):
+                break
+        else:
+            for job, timer in deferred:
+                if not attempt(job, timer, last_try=True):
                     break
-                continue
-            finally:
-                bar.update()
-            streak = 0
-            store.add(job.key, samples)
-            report.measured += 1
     bar.close()
     return report
 

@@ -10,7 +10,7 @@ import pytest
 from hwnas.errors import HwnasError
 from hwnas.space import NASBNN
 from targets.configs import LayerConfig, layer_configs, sample_configs, sample_networks
-from targets.profile import BUILD_CHUNK, layer_jobs, network_jobs, run_jobs
+from targets.profile import BUILD_CHUNK, RetryLater, layer_jobs, network_jobs, run_jobs
 from targets.store import MEASURE_METHODS, Key, Store, store_path, summarize
 from targets.target import load_target
 
@@ -151,6 +151,25 @@ def test_parallel_builds_finish_a_chunk_before_it_is_timed(store):
     assert [c for kind, c in measure.events if kind == "time"] == [c for c in configs if c != configs[2]]
     stored = {LayerConfig.from_json(m.key.config_json()) for m in store.measurements("layer")}
     assert stored == set(configs) - {configs[2], configs[5]}
+
+
+def test_a_timing_in_a_slow_window_is_retried_at_the_end_from_its_build(store):
+    configs = layer_configs(NASBNN, 224)[:4]
+    slow_once, slow_always = configs[0], configs[1]
+    timings: list[LayerConfig] = []
+
+    def measure(config):
+        def time():
+            timings.append(config)
+            if config == slow_always or (config == slow_once and timings.count(config) == 1):
+                raise RetryLater("slow window")
+            return [1.0]
+
+        return time
+
+    report = run_jobs(store, layer_jobs(configs, 224, measure), progress=False)
+    assert timings == [*configs, slow_once, slow_always]
+    assert report.measured == 3 and report.failed == [(f"layer {slow_always}", "slow window")]
 
 
 def test_a_run_of_failures_stops_the_run(store):
