@@ -52,7 +52,7 @@ def profile_target(
     parts = part_configs(NASBNN, res) if configs else []  # the predictor needs them with layers
     archs = sample_networks(NASBNN, plan.networks, plan.seed) if plan.networks else []
     reports: dict[str, Report] = {}
-    slow_batches = 0
+    slow_batches, slow_s = 0, 0.0
     with Store.for_target(target) as store:
         left = {
             "layers": store.missing(layer_key(c, res) for c in configs),
@@ -82,12 +82,14 @@ def profile_target(
                     reports["networks"] = run_jobs(
                         store, network_jobs(archs, res, measure), progress, build_workers=HOST_CORES
                     )
-                slow_batches = session.slow_windows.slow_batches if session.slow_windows else 0
+                if session.slow_windows:
+                    slow_batches, slow_s = session.slow_windows.slow_batches, session.slow_windows.slow_s
         return {
             "target": target.name,
             "store": str(store.path),
             "resolution": res,
             "runs": {kind: report.to_json() for kind, report in reports.items()},
             "slow_window_batches": slow_batches,
+            "slow_window_s": round(slow_s, 1),
             "stored": store.counts(),
         }

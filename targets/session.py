@@ -109,6 +109,7 @@ class Session:
         deadline = time.monotonic() + SLOW_WAIT_S
         tried = 0
         while True:
+            start = time.monotonic()
             before = windows.read() if windows else 0.0
             if watch:
                 watch.start()
@@ -123,9 +124,12 @@ class Session:
             if best_rank[:2] == (False, False) and best_rank[2] <= tolerance:
                 break
             if slow:
-                windows.slow_batches += 1
-                if time.monotonic() < deadline:
+                waiting = time.monotonic() < deadline
+                if waiting:
                     time.sleep(SLOW_PAUSE_S)
+                windows.slow_batches += 1
+                windows.slow_s += time.monotonic() - start
+                if waiting:
                     continue
             if tried >= tries:
                 break
@@ -155,6 +159,7 @@ class SlowWindows:
         self.probe = probe
         self.fastest = math.inf
         self.slow_batches = 0  # batches found inside a window (and retried) in this session
+        self.slow_s = 0.0  # seconds those batches and the pauses after them took
 
     def read(self) -> float:
         ms = self.probe()

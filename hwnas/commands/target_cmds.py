@@ -9,7 +9,7 @@ from pathlib import Path
 from hwnas.commands.output import add_json_flag, emit, table
 from predictors.evaluate import evaluate
 from predictors.latency import DEFAULT_HOLDOUT, MIN_CALIBRATION_NETWORKS, LatencyPredictor, fit, predictor_dir
-from targets.measured import Timing
+from targets.measured import DEFAULT_TIMING, Timing
 from targets.profiling import Plan, profile_target
 from targets.store import Store
 from targets.target import BUILTIN_DIR, load_target, target_files, user_targets_dir
@@ -36,13 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--networks", type=int, default=0, metavar="M", help="random subnets end to end (default 0)")
     p.add_argument("--resolution", type=int, default=224, help="square input size (default 224)")
     p.add_argument("--seed", type=int, default=0, help="seed of the layer and network samples (default 0)")
-    p.add_argument("--repeat", type=int, default=10, help="timed repeats per measurement (default 10)")
-    p.add_argument("--min-repeat-ms", type=int, default=20, help="shortest repeat in ms (default 20)")
+    t = DEFAULT_TIMING
+    p.add_argument("--repeat", type=int, default=t.repeat, help=f"timed repeats per measurement (default {t.repeat})")
+    p.add_argument(
+        "--min-repeat-ms", type=int, default=t.min_repeat_ms, help=f"shortest repeat in ms (default {t.min_repeat_ms})"
+    )
     p.add_argument(
         "--tries",
         type=int,
-        default=5,
-        help="batches of repeats timed at most, until one's spread is within 5%% of its median (default 5)",
+        default=t.tries,
+        help=f"batches of repeats timed at most, until one's spread is within 5%% of its median (default {t.tries})",
     )
     add_json_flag(p)
     p.set_defaults(func=cmd_profile)
@@ -92,6 +95,10 @@ def cmd_profile(args: argparse.Namespace) -> None:
     lines += [f"  failed {f['what']}: {f['error']}" for r in runs.values() for f in r["failed"]]
     lines += [f"{kind}: {r['stopped']}" for kind, r in runs.items() if r["stopped"]]
     lines.append(f"stored for {target.name}: " + ", ".join(f"{n} {k}" for k, n in data["stored"].items()))
+    lines.append(
+        f"{data['slow_window_batches']} batches fell in the device's slow windows "
+        f"({data['slow_window_s']:.0f} s waiting them out)"
+    )
     emit(args, data, "\n".join(lines))
 
 

@@ -64,7 +64,7 @@ class TrainConfig:
     nd: bool = True  # sample subnets under the Non-Decreasing constraint
     bi_transform: bool = True
     weight_norm: bool = True
-    teacher: str = "fwfa"  # mode of the largest subnet: fwba (the paper's Bi-Teacher), bwba or fwfa
+    teacher: str = "fwba"  # mode of the largest subnet: fwba (the paper's Bi-Teacher), bwba or fwfa
     distill: bool = True  # students learn the teacher's soft labels (else CE on the labels)
     num_random: int = 1  # random subnets per step besides the largest and the smallest
     epochs: int = 60

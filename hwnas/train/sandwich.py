@@ -8,6 +8,10 @@ on the labels when distillation is off). Without the BWBA largest student the de
 subnet was never trained, only its full-precision-weight teacher: on digits it scored 32 % while
 the smallest scored 67 %. The losses are summed and back-propagated
 once. All of it is one ``forward`` so DDP wraps the step as a whole (see :mod:`hwnas.train.loop`).
+
+The batch runs in channels-last memory format: oneDNN's convolutions then skip reordering every
+activation to their blocked layout and back, and a sandwich step on digits is about 9 % faster
+(1.12 -> 1.02 s with the FWBA teacher, one thread).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -55,6 +60,7 @@ class Sandwich(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor, plan: list[Arch]) -> tuple[Tensor, dict[str, Tensor]]:
         net = self.trainable
+        x = x.contiguous(memory_format=torch.channels_last)
         net.set_active(plan[0])
         net.set_mode(self.teacher_mode)
         teacher = net(x)
