@@ -14,24 +14,22 @@ Probes of the BWBA largest subnet alone reached a distillation loss of 0.76 / 0.
 250 steps at lr 1e-3 / 3e-3 / 1e-2; lr 2e-2 made the whole sandwich unstable (the smallest
 subnet's loss stayed near 1.8). Further departures, from short probes on digits:
 
-- ``teacher = "fwfa"``: the FWBA Bi-Teacher itself learns slowly with binary activations (36 %
-  val after 60 steps, vs 98 % for FWFA), and its soft labels were then worth little: the BWBA
-  largest subnet reached 20 % (FWBA teacher) vs 47 % (FWFA teacher) after 60 steps, 14 % vs 32 %
-  after ~120 steps at batch 32. The paper's 512-epoch ImageNet budget is not ours; pass
-  ``--teacher fwba`` for the paper's Bi-Teacher.
 - ``num_random = 1`` (paper: 2): a step also trains the largest subnet in BWBA (see
   :mod:`hwnas.train.sandwich`), so one random subnet keeps a step at four forward passes. Two
   random subnets per step over fewer epochs (the same time) gave the same random-subnet mean.
 - ``epochs = 60``, ``warmup_epochs = 2``, ``eval_every = 5``: under 20 minutes on this 2-core
-  CPU (about 0.95 s per step). 65 epochs gave 97.8 % (largest), 97.0 % (smallest) and 91.5 % mean
-  over 20 random subnets (min 89.6 %), but took 21.7 minutes; 60 epochs (with the faster
-  RPReLU and weight normalization): 97.8 %, 96.3 % and 88.6 % (min 83.0 %) in 18.4 minutes;
-  64 epochs: 96.3 %, 94.4 % and 88.9 % in 20.0 minutes. The random subnets fall just short of
-  90 % within the budget on this VM, whose slow windows (see
-  :class:`targets.session.SlowWindows`) make a step about 15 % slower than it was.
+  CPU (about 1.0 s per step). With the paper's FWBA Bi-Teacher (the default): largest 98.5 %,
+  smallest 95.6 %, mean of 20 random subnets 91.1 % (min 87.0 %) in 19.9 minutes of training
+  (seed 0; seed 1: 97.4 / 94.8 / 91.3 %), both runs side by side on the two cores. A FWFA teacher
+  (``--teacher fwfa``) is 10 % cheaper per step but its students fell short: 97.8 / 96.3 / 88.6 %
+  at 60 epochs, 91.5 % random only at 65 epochs (21.7 minutes; both before the channels-last
+  speed-up of :mod:`hwnas.train.sandwich`, with which the FWBA teacher fits in the budget). At lr
+  1e-3 the FWBA teacher had learned too slowly to teach (36 % val after 60 steps, vs 98 % for
+  FWFA); at lr 1e-2 it is the better teacher (91.0 % random with FWBA vs 88.6 % with FWFA, same
+  60 epochs, neither with channels last).
 
-For ImageFolder data use ``width_mult = 1.0``, ``resolution = 224``, ``teacher = "fwba"``,
-``num_random = 2`` and the paper's ``base_lr = 5e-4``.
+For ImageFolder data use ``width_mult = 1.0``, ``resolution = 224``, ``num_random = 2`` and the
+paper's ``base_lr = 5e-4``.
 
 ``threads = 1``: on a small CPU shared with other jobs, two OpenMP threads per process made a
 sandwich step 10-40x slower (spinning threads preempted), one thread was as fast as two on an idle
