@@ -17,6 +17,7 @@ of :mod:`targets.measure_tvm`; the predictor sums exactly those over a network.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -154,7 +155,7 @@ def run_jobs(
                 return True
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             report.failed.append((job.label, message))
-            bar.write(f"failed: {job.label}: {message}")
+            bar.write(f"failed: {job.label}: {message}", file=sys.stderr)  # stdout may hold --json
             bar.update()
             streak += 1
             if streak == max_failures_in_a_row:

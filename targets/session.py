@@ -93,13 +93,15 @@ class Session:
         how much CPU *other* processes used meanwhile (:class:`ForeignLoad`), and up to ``tries``
         batches are timed, a short pause after a disturbed one, until one is both quiet and steady
         (inter-quartile range within ``tolerance`` of its median). With :attr:`slow_windows`
-        installed, a batch timed inside one of the device's slow windows is disturbed too, and
-        batches are retried past ``tries``, for up to ``SLOW_WAIT_S``, until one falls outside; if
-        none does, :class:`SlowDevice` is raised and the profiling driver times the job again at the
-        end of its run (a window can outlast the wait, and a batch inside one is about 2x slow). The
-        kept batch is outside the windows, then the least disturbed, then the steadiest. Under a
-        load that lasts (another training), no batch is quiet and the best is kept: profile a
-        target while it is otherwise idle. A remote board's processes cannot be watched from here; its slow windows can.
+        installed, a quiet batch timed inside one of the device's slow windows is disturbed too
+        (a batch disturbed by other processes is judged by that alone: their load slows the probe
+        as well), and batches are retried past ``tries``, for up to ``SLOW_WAIT_S``, until one
+        falls outside; if none does, :class:`SlowDevice` is raised and the profiling driver times
+        the job again at the end of its run (a window can outlast the wait, and a batch inside one
+        is about 2x slow). The kept batch is outside the windows, then the least disturbed, then
+        the steadiest. Under a load that lasts (another training), no batch is quiet and the best
+        is kept: profile a target while it is otherwise idle. A remote board's processes cannot be
+        watched from here; its slow windows can.
         """
         mod[name](*args)
         timer = mod.time_evaluator(name, self.device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
@@ -115,7 +117,9 @@ class Session:
                 watch.start()
             samples = [float(seconds) * 1e3 for seconds in timer(*args).results]
             busy = watch.stop() > QUIET_CORES if watch else False
-            slow = windows.is_slow(max(before, windows.read())) if windows else False
+            after = windows.read() if windows else 0.0
+            # another job's load also slows the probe: the probe speaks only for quiet batches
+            slow = not busy and windows is not None and windows.is_slow(max(before, after))
             median, spread = summarize(samples)
             rank = (slow, busy, spread / median)
             if rank < best_rank:

@@ -241,7 +241,18 @@ class FakeTimed:
         return lambda *args: type("Result", (), {"results": next(self.batches)})()
 
 
-def test_timing_retries_an_unsteady_batch():
+class QuietLoad:
+    """ForeignLoad on an idle machine: no other process used the CPU."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> float:
+        return 0.0
+
+
+def test_timing_retries_an_unsteady_batch(monkeypatch):
+    monkeypatch.setattr(session_module, "ForeignLoad", QuietLoad)
     noisy, steady, noisier = [1e-3, 3e-3, 1e-3, 2e-3], [2e-3, 2.01e-3, 2e-3, 2.02e-3], [1e-3, 5e-3, 1e-3, 9e-3]
     with open_session(load_target("local")) as session:
         assert session.time_ms(FakeTimed([noisy, steady, noisy]), [], tries=3) == pytest.approx([2, 2.01, 2, 2.02])
@@ -252,6 +263,8 @@ def test_timing_retries_an_unsteady_batch():
 def test_timing_waits_out_a_slow_window(monkeypatch):
     fast, slow = [2e-3, 2e-3, 2e-3, 2e-3], [4.4e-3, 4.4e-3, 4.4e-3, 4.4e-3]
     monkeypatch.setattr(session_module, "SLOW_PAUSE_S", 0.0)
+    monkeypatch.setattr(session_module, "SLOW_FACTOR", 1.2)  # the conftest turns the probe off
+    monkeypatch.setattr(session_module, "ForeignLoad", QuietLoad)  # the test must not depend on the machine's load
     with open_session(load_target("local")) as session:
         # the probe reads 1.0 ms outside a window, 2.2 inside; read before and after each batch
         readings = iter([1.0, 1.0, 1.0, 2.2, 2.2, 2.2, 2.2, 1.0, 1.0])
@@ -265,6 +278,23 @@ def test_timing_waits_out_a_slow_window(monkeypatch):
         session.slow_windows.read()
         with pytest.raises(SlowDevice, match="slow window"):  # no 2x slow batch is kept
             session.time_ms(FakeTimed([slow, fast]), [], tries=1)
+
+
+def test_under_another_jobs_load_the_probe_is_not_asked(monkeypatch):
+    class BusyLoad(QuietLoad):
+        def stop(self) -> float:
+            return 1.0  # another process used a whole core
+
+    monkeypatch.setattr(session_module, "ForeignLoad", BusyLoad)
+    monkeypatch.setattr(session_module, "SLOW_FACTOR", 1.2)
+    monkeypatch.setattr(session_module, "BURST_PAUSE_S", 0.0)
+    monkeypatch.setattr(session_module, "SLOW_WAIT_S", 0.0)
+    noisy, steady = [1e-3, 3e-3, 1e-3, 2e-3], [2e-3, 2.01e-3, 2e-3, 2.02e-3]
+    with open_session(load_target("local")) as session:
+        session.slow_windows = SlowWindows(iter([1.0, 2.2, 2.2, 2.2, 2.2]).__next__)  # the load slows the probe
+        session.slow_windows.read()
+        assert session.time_ms(FakeTimed([noisy, steady]), [], tries=2) == pytest.approx([2, 2.01, 2, 2.02])
+        assert session.slow_windows.slow_batches == 0
 
 
 def test_measuring_installs_the_slow_window_probe():
