@@ -39,7 +39,7 @@ runs in parallel. Timers load and time on the device, from the driver's thread o
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,7 +121,7 @@ class _KernelTimer:
         self.timing = timing
         self.rng = np.random.default_rng(0)
 
-    def __call__(self, make_funcs: Any) -> Timer:
+    def __call__(self, make_funcs: Callable[[], Sequence[Any]]) -> Timer:
         """Compile the PrimFuncs ``make_funcs()`` builds; the Timer gives their per-repeat
         milliseconds, each function timed on its own, summed repeat by repeat."""
         with _IR_LOCK:
@@ -165,8 +165,7 @@ def network_measure(
     import tvm
     from tvm import relax
 
-    from hwnas.compile.fold import fold
-    from hwnas.compile.network import build_module
+    from hwnas.compile.deploy import subnet_module
     from hwnas.model import build_supernet
     from hwnas.space import NASBNN
 
@@ -177,8 +176,8 @@ def network_measure(
     rng = np.random.default_rng(seed)
 
     def measure(arch: Arch, resolution: int) -> Timer:
-        with _IR_LOCK:  # as compile_subnet does, with only tvm.compile outside the lock
-            module, _ = build_module(fold(supernet.extract(arch), resolution), target)
+        with _IR_LOCK:  # compile_subnet's two steps, with only tvm.compile outside the lock
+            module, _ = subnet_module(supernet.extract(arch), resolution, target)
         executable = tvm.compile(module, target=target)
 
         def time() -> Sequence[float]:

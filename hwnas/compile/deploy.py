@@ -34,9 +34,16 @@ class Compiled:
     target: tvm.target.Target
 
 
+def subnet_module(subnet: BinaryNet, resolution: int, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
+    """``subnet`` (its active arch, BWBA, eval) folded into a Relax module for ``target``, not yet
+    compiled, and the label of each kernel call. Not thread-safe: Relax's BlockBuilder keeps a
+    class-level stack (:mod:`targets.measure_tvm` builds under a lock and compiles in parallel)."""
+    return build_module(fold(subnet, resolution), target)
+
+
 def compile_subnet(subnet: BinaryNet, resolution: int, target: tvm.target.Target) -> Compiled:
     """Fold ``subnet`` (its active arch, BWBA, eval) and compile it for ``target``."""
-    module, labels = build_module(fold(subnet, resolution), target)
+    module, labels = subnet_module(subnet, resolution, target)
     return Compiled(tvm.compile(module, target=target), labels, target)
 
 
