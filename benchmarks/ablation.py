@@ -15,13 +15,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hwnas.space import NASBNN
+from hwnas.space import NASBNN, scaled_space
 from hwnas.train.checkpoint import FILENAME
 from hwnas.train.config import TrainConfig
 from hwnas.train.distributed import set_threads
 from hwnas.train.evaluate import evaluate_subnet, summarize
 from hwnas.train.run import load_run, train_supernet
-from hwnas.train.supernet import scaled_space
 
 VARIANTS = {
     "all": {},

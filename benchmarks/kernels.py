@@ -8,7 +8,7 @@ packer, channels-last input).
 
 Shapes: a searched layer is a k x k group conv c_in -> c_in (groups g, the layer's stride) then a
 1x1 conv c_in -> c. The shapes come from the space's distinct layer configurations
-(``targets.configs.layer_configs``). The default is a deterministic subset: the first shape (by
+(``hwnas.targets.configs.layer_configs``). The default is a deterministic subset: the first shape (by
 channels) of every (k, g, stride, height), every square 1x1 and one widening 1x1 per height;
 ``--all`` benchmarks every distinct shape the space can produce (144, widths non-decreasing).
 
@@ -41,8 +41,8 @@ from hwnas.compile.binconv import ConvShape, binary_conv2d
 from hwnas.compile.bitpack import pack_weights, packer_for
 from hwnas.compile.runner import batch_timer, build
 from hwnas.space import NASBNN
-from targets.configs import layer_configs
-from targets.target import load_target
+from hwnas.targets.configs import layer_configs
+from hwnas.targets.target import load_target
 
 Shape = tuple[int, int, int, int, int, int]  # (c_in, c_out, k, groups, stride, height)
 

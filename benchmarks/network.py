@@ -24,7 +24,7 @@ from hwnas.compile import tvm_targets
 from hwnas.compile.deploy import CompiledNet, compile_subnet, float_baseline, time_torch_ms, verify
 from hwnas.model import build_supernet
 from hwnas.space import NASBNN
-from targets.target import load_target
+from hwnas.targets.target import load_target
 
 
 def main() -> None:

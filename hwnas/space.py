@@ -213,3 +213,48 @@ NASBNN = SearchSpace(
     ),
 )
 """Table 1 of the NAS-BNN paper."""
+
+
+def scaled_space(space: SearchSpace, mult: float) -> SearchSpace:
+    """``space`` with every width times ``mult`` (rounded), for small data and small machines.
+
+    Depths, kernels and groups stay; a multiplier that breaks "groups divide the channels" is refused.
+    """
+    if mult == 1.0:
+        return space
+
+    def scale(widths: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(max(1, round(c * mult)) for c in widths)
+
+    out = replace(
+        space,
+        stem_widths=scale(space.stem_widths),
+        stages=tuple(replace(st, widths=scale(st.widths)) for st in space.stages),
+    )
+    try:
+        out.validate(out.largest())
+        out.validate(out.smallest())
+    except ArchError as exc:
+        raise HwnasError(f"width_mult {mult} gives an unusable space ({exc})") from None
+    return out
+
+
+def deployment_space(space: SearchSpace) -> SearchSpace:
+    """The full-width space whose subnets ``space``'s subnets stand for when they are priced,
+    profiled, compiled or compared: NAS-BNN's, with ``space``'s ND setting.
+
+    A supernet trained at a reduced width (:func:`scaled_space`) stands for the full-width network
+    making the same choices (:meth:`SearchSpace.translate`); for NAS-BNN itself this is the identity.
+    """
+    full = NASBNN if space.nd else NASBNN.without_nd()
+    shape = [(st.depths, len(st.widths), st.kernels, st.groups, st.stride) for st in space.stages]
+    if shape != [(st.depths, len(st.widths), st.kernels, st.groups, st.stride) for st in full.stages] or len(
+        space.stem_widths
+    ) != len(full.stem_widths):
+        raise HwnasError("the space is not NAS-BNN's at some width: it has no deployment space")
+    return full
+
+
+def deployed(space: SearchSpace, arch: Arch) -> Arch:
+    """``arch`` of ``space`` as the subnet of its deployment space making the same choices."""
+    return space.translate(arch, deployment_space(space))

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from predictors.features import LAYER_FEATURES, layer_features
-from predictors.latency import LatencyPredictor, split
-from predictors.metrics import accuracy, kendall_tau
-from predictors.ops import count_ops
-from predictors.plot import scatter_png
-from targets.store import Store
+from hwnas.predictors.features import LAYER_FEATURES, layer_features
+from hwnas.predictors.latency import LatencyPredictor, split
+from hwnas.predictors.metrics import accuracy, kendall_tau
+from hwnas.predictors.ops import count_ops
+from hwnas.predictors.plot import scatter_png
+from hwnas.targets.store import Store
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Latency features of searched layers, vectorised over many layers (and many archs) at once.
 
 A layer is its kernel configuration ``(c_in, c_out, k, g, stride, size_in)`` (see
-:mod:`targets.configs`). From an int matrix of configurations, one row per layer, the features
+:mod:`hwnas.targets.configs`). From an int matrix of configurations, one row per layer, the features
 are computed column-wise with NumPy, so thousands of archs cost one pass. They describe what the
 layer's four kernels (pack, k x k group conv, pack, 1x1 conv, each conv with its fused
 shortcut and RPReLU) do: shape, binary MACs, 64-bit

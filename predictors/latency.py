@@ -1,7 +1,7 @@
 """Per-target latency predictor: XGBoost on layer features, calibrated on whole networks.
 
-A layer's latency (its four kernels, as :mod:`targets.measure_tvm` measures them) is predicted
-by an XGBoost regressor on :mod:`predictors.features`, trained on log-milliseconds so that small
+A layer's latency (its four kernels, as :mod:`hwnas.targets.tvm_measures` measures them) is predicted
+by an XGBoost regressor on :mod:`hwnas.predictors.features`, trained on log-milliseconds so that small
 and large layers weigh alike. The stem and the head take a handful of configurations, all
 measured, so they are looked up, not learnt. A network's latency is ``slope * (sum of layer
 predictions + stem + head) + intercept``: the calibration, a robust line fitted on whole
@@ -34,7 +34,7 @@ import xgboost as xgb
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError
 from hwnas.paths import data_dir
-from predictors.features import (
+from hwnas.predictors.features import (
     FEATURE_SCHEMA_VERSION,
     LAYER_FEATURES,
     arch_config_matrix,
@@ -42,10 +42,9 @@ from predictors.features import (
     config_rows,
     layer_features,
 )
-from targets.configs import LayerConfig, arch_parts
-from targets.profile import part_key
-from targets.store import Key, Store
-from targets.target import Target
+from hwnas.targets.configs import arch_parts
+from hwnas.targets.store import Key, Store, part_key
+from hwnas.targets.target import Target
 
 MODEL_FILE = "layers.json"
 META_FILE = "predictor.json"
@@ -88,7 +87,7 @@ class Calibration:
         non-positive slope.
 
         Robust because a network measured while another job held a core comes out about twice too
-        slow with a tight spread (see :meth:`targets.session.Session.time_ms`); with least squares
+        slow with a tight spread (see :meth:`hwnas.targets.session.Session.time_ms`); with least squares
         two such networks out of thirty tilted the line by 70 % and every prediction with it.
         """
         if len(measured) < MIN_CALIBRATION_NETWORKS:
@@ -117,12 +116,12 @@ def split(store: Store, resolution: int, holdout: float) -> tuple[Dataset, Datas
     parts: dict[bool, dict[str, list]] = {side: {"l": [], "lm": [], "n": [], "nm": []} for side in (False, True)}
     for m in store.measurements("layer"):
         part = parts[is_holdout(m.key, holdout)]
-        part["l"].append(LayerConfig.from_json(m.key.config_json()))
+        part["l"].append(m.key.layer())
         part["lm"].append(m.median_ms)
     for m in store.measurements("network"):
         if m.key.resolution == resolution:
             part = parts[is_holdout(m.key, holdout)]
-            part["n"].append(Arch.from_json(m.key.config_json()))
+            part["n"].append(m.key.arch())
             part["nm"].append(m.median_ms)
     train, held = (
         Dataset(

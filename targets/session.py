@@ -21,18 +21,36 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hwnas.errors import HwnasError
-from targets.profile import RetryLater
-from targets.store import summarize
-from targets.target import Target, local_threads
+from hwnas.targets.driver import RetryLater
+from hwnas.targets.store import summarize
+from hwnas.targets.target import Target, local_threads
 
 if TYPE_CHECKING:
     import tvm
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How one measurement is timed: the single set of defaults for profiles, ``measure`` and compare.
+
+    ``repeat`` timed repeats of at least ``min_repeat_ms`` each, in up to ``tries`` batches until one
+    is quiet and its inter-quartile range within ``tolerance`` of its median (:meth:`Session.time_ms`).
+    """
+
+    repeat: int = 10
+    min_repeat_ms: int = 10
+    tries: int = 5
+    tolerance: float = 0.05
+
+
+DEFAULT_TIMING = Timing()
 
 
 class DeviceUnreachable(HwnasError):
@@ -77,13 +95,11 @@ class Session:
         mod: tvm.runtime.Module | tvm.relax.VirtualMachine,
         args: Sequence[Any],
         name: str = "main",
-        repeat: int = 10,
-        min_repeat_ms: int = 20,
-        tries: int = 1,
-        tolerance: float = 0.05,
+        timing: Timing | None = None,
     ) -> list[float]:
         """Milliseconds per call of ``mod[name](*args)``, one value per repeat; ``mod`` is a loaded
-        module or a Relax VirtualMachine on the session's device (both have ``time_evaluator``).
+        module or a Relax VirtualMachine on the session's device (both have ``time_evaluator``),
+        timed as ``timing`` says (:class:`Timing`).
 
         TVM's time_evaluator runs on the device (remote timing excludes the network) and grows
         the calls per repeat until a repeat lasts ``min_repeat_ms``; one untimed call warms up.
@@ -103,8 +119,12 @@ class Session:
         is kept: profile a target while it is otherwise idle. A remote board's processes cannot be
         watched from here; its slow windows can.
         """
+        timing = timing or Timing()
+        tolerance = timing.tolerance
         mod[name](*args)
-        timer = mod.time_evaluator(name, self.device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+        timer = mod.time_evaluator(
+            name, self.device, number=1, repeat=timing.repeat, min_repeat_ms=timing.min_repeat_ms
+        )
         watch = ForeignLoad() if self.remote is None else None
         windows = self.slow_windows
         best, best_rank = [], (True, True, math.inf)
@@ -135,7 +155,7 @@ class Session:
                 windows.slow_s += time.monotonic() - start
                 if waiting:
                     continue
-            if tried >= tries:
+            if tried >= timing.tries:
                 break
             if busy:
                 time.sleep(BURST_PAUSE_S)
@@ -151,12 +171,10 @@ class SlowDevice(RetryLater):
 class SlowWindows:
     """Whether the device is in one of its slow windows, from a fixed probe kernel timed beside each batch.
 
-    Seen on this project's 2-vCPU VM with nothing else running: every kernel runs about 2.2x
-    slower for 5-15 s at a time, 10-20 % of the time (one compiled network timed every 4 s:
-    2.75 ms, or 6.2 ms inside a window, with no steal time reported, so the guest cannot see it
-    otherwise). A batch inside a window is as steady as any, so its spread does not tell. The
-    probe (``probe() -> ms``, a short parallel kernel) is read before and after each batch; a
-    reading above ``SLOW_FACTOR`` times the fastest one of the session marks the batch slow.
+    A batch inside a window is as steady as any, so its spread does not tell (docs/profiling.md:
+    what the windows look like here). The probe (``probe() -> ms``, a short parallel kernel) is
+    read before and after each batch; a reading above ``SLOW_FACTOR`` times the fastest one of the
+    session marks the batch slow.
     """
 
     def __init__(self, probe: Callable[[], float]) -> None:
@@ -175,13 +193,10 @@ class SlowWindows:
 
 
 SLOW_FACTOR = 1.2
-"""A probe reading this much above the session's fastest is a slow window. Windows run about 2.2x,
-but two networks measured 1.12x and 1.26x slow got past a 1.4 threshold (timed again: within 6 % of
-their predictions); quiet probe readings spread by about 1.5 %."""
+"""A probe reading this much above the session's fastest is a slow window (quiet readings spread by
+about 1.5 %; docs/profiling.md has why not 1.4)."""
 SLOW_WAIT_S = 15.0
-"""How long a measurement waits for a slow window to pass before giving up (:class:`SlowDevice`).
-With 30 s and the best slow batch kept, a profile stored 4 of 60 networks 1.9-2.0x slow: windows
-sometimes last longer."""
+"""How long a measurement waits for a slow window to pass before giving up (:class:`SlowDevice`)."""
 SLOW_PAUSE_S = 1.0
 """Pause between batches while the device is in a slow window."""
 QUIET_CORES = 0.3

@@ -32,23 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.arch import Arch, LayerConfig
 from hwnas.errors import HwnasError
 from hwnas.paths import data_dir
-from targets.target import Target
+from hwnas.targets.configs import PartConfig
+from hwnas.targets.target import Target
 
 KINDS = ("layer", "stem", "head", "network")
 MEASURE_METHODS = {"layer": "windows-5", "stem": "windows-5", "head": "windows-5", "network": "windows-5"}
-"""Version of what :mod:`targets.measure_tvm` measures, per kind; bump a kind's when its kernels or
-that definition change (and ``network`` with any of them: a network runs them all).
-
-fused-2: layers time the network's own kernels (shortcut and RPReLU fused into each conv); stem,
-head and whole networks are measured. windows-3: every batch is checked against the device's slow
-windows and retried outside them (:class:`targets.session.SlowWindows`), and the stem and head
-vectorise over power-of-two lanes (the stem at 24 or 48 channels had run 3-5x slower than at 32).
-windows-4: a slow window is a probe reading 1.2x the fastest (was 1.4x, which let batches 1.1-1.3x
-slow through). windows-5: a timing that stays in a slow window is retried at the end of the run,
-never stored (windows-4 kept its best slow batch after 30 s: 4 of 60 networks 1.9-2.0x slow);
-repeats of 10 ms (were 20)."""
+"""Version of what :mod:`hwnas.targets.tvm_measures` measures, per kind; bump a kind's when its kernels
+or that definition change (and ``network`` with any of them: a network runs them all). The history
+of the versions is in docs/profiling.md."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
@@ -87,6 +81,26 @@ class Key:
 
     def config_json(self) -> dict[str, Any]:
         return json.loads(self.config)
+
+    def layer(self) -> LayerConfig:
+        """The layer configuration a ``layer`` key is of."""
+        return LayerConfig.from_json(self.config_json())
+
+    def arch(self) -> Arch:
+        """The subnet a ``network`` key is of."""
+        return Arch.from_json(self.config_json())
+
+
+def layer_key(config: LayerConfig, resolution: int) -> Key:
+    return Key.of("layer", config.to_json(), resolution)
+
+
+def part_key(part: PartConfig, resolution: int) -> Key:
+    return Key.of(part.kind, part.to_json(), resolution)
+
+
+def network_key(arch: Arch, resolution: int) -> Key:
+    return Key.of("network", arch.to_json(), resolution)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def _no_slow_windows() -> None:
     them 10-20 % of the time, and another job's load on a loopback RPC board (which the session
     cannot see) reads as one. Tests of the slow-window rule use fake probes and set the factor."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("targets.session.SLOW_FACTOR", math.inf)
+        mp.setattr("hwnas.targets.session.SLOW_FACTOR", math.inf)
         yield
 
 

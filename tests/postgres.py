@@ -51,7 +51,7 @@ def postgres_server() -> Iterator[str]:
     options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
     run(str(BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start")
     try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         run(str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(directory, ignore_errors=True)

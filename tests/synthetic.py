@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from hwnas.predictors.features import LAYER_FEATURES, config_matrix, layer_features
+from hwnas.predictors.latency import LatencyPredictor, fit
 from hwnas.space import NASBNN
-from predictors.features import LAYER_FEATURES, config_matrix, layer_features
-from predictors.latency import LatencyPredictor, fit
-from targets.configs import arch_configs, layer_configs, part_configs, sample_networks
-from targets.profile import layer_key, network_key, part_key
-from targets.store import Store
-from targets.target import load_target
+from hwnas.targets.configs import arch_configs, layer_configs, part_configs, sample_networks
+from hwnas.targets.store import Store, layer_key, network_key, part_key
+from hwnas.targets.target import load_target
 
 RES = 224
 

@@ -9,7 +9,9 @@ from collections import Counter
 import pytest
 
 from hwnas.arch import Arch
-from hwnas.search.compare import compare, default_budgets
+from hwnas.search.comparison import compare, default_budgets
+from hwnas.search.comparison_report import text as report_text
+from hwnas.search.comparison_report import write_report
 from hwnas.search.hypervolume import dominates, hypervolume, non_dominated
 from hwnas.search.points import Point
 from hwnas.space import NASBNN
@@ -136,9 +138,9 @@ def test_to_json_round_trips(comparison):
 
 
 def test_text_and_report(comparison, tmp_path):
-    text = comparison.text()
+    text = report_text(comparison)
     assert "latency - ops acc" in text and "+0.020" in text and "2/3 (67%)" in text
-    report = comparison.write_report(tmp_path / "cmp")
+    report = write_report(comparison, tmp_path / "cmp")
     assert report == tmp_path / "cmp" / "report.md"
     md = report.read_text()
     for expected in (

@@ -11,8 +11,8 @@ import pytest
 
 from hwnas.cli import main
 from hwnas.search.study import SearchSettings, search
-from targets.store import Store
-from targets.target import load_target
+from hwnas.targets.store import Store
+from hwnas.targets.target import load_target
 from tests.synthetic import fit_predictor
 
 RES = 32

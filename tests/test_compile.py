@@ -22,7 +22,7 @@ from hwnas.errors import HwnasError
 from hwnas.model import build_supernet
 from hwnas.model.layers import shortcut
 from hwnas.space import NASBNN
-from targets.target import load_target
+from hwnas.targets.target import load_target
 
 LOCAL = load_target("local").tvm_target()
 AARCH64 = load_target("aarch64")

@@ -22,9 +22,9 @@ from hwnas.detect.store import load_detector
 from hwnas.detect.synthetic import SyntheticSpec, annotation_file, ensure_synthetic, image_dir, is_complete
 from hwnas.detect.train import train_detector
 from hwnas.model import Mode
+from hwnas.predictors.ops import count_ops
 from hwnas.train.checkpoint import FILENAME, load_checkpoint
 from hwnas.train.run import load_run
-from predictors.ops import count_ops
 from tests.test_train_cli import _error_line
 from tests.test_train_resume import _assert_same
 

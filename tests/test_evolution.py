@@ -13,10 +13,10 @@ import pytest
 
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError
+from hwnas.predictors.ops import count_ops
 from hwnas.search.encoding import Encoding
 from hwnas.search.evolution import SLOT_ATTR, EvolutionConfig, PaperSampler, Slot, intervals_between
 from hwnas.space import NASBNN
-from predictors.ops import count_ops
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

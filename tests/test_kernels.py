@@ -15,7 +15,7 @@ from hwnas.compile import tvm_targets
 from hwnas.compile.binconv import ConvShape, Tile, binary_conv2d
 from hwnas.compile.bitpack import pack_activations, pack_activations_ref, pack_weights, packer_for
 from hwnas.compile.runner import build, export_cross, run
-from targets.target import load_target
+from hwnas.targets.target import load_target
 
 HOST_TARGETS = ("local", "x86-avx2")
 EM_AARCH64 = 183

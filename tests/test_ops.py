@@ -9,8 +9,8 @@ import torch
 from hwnas.arch import Arch, Layer, LayerShape
 from hwnas.model import build_supernet
 from hwnas.model.layers import BinaryConv2d
+from hwnas.predictors.ops import count_ops, layer_bops
 from hwnas.space import NASBNN
-from predictors.ops import count_ops, layer_bops
 
 
 def test_layer_bops_by_hand():

@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 
 from hwnas.cli import main
-from hwnas.space import NASBNN
-from predictors.evaluate import evaluate
-from predictors.features import (
+from hwnas.predictors.evaluate import evaluate
+from hwnas.predictors.features import (
     FEATURE_SCHEMA_VERSION,
     LAYER_FEATURES,
     arch_config_matrix,
     config_matrix,
     layer_features,
 )
-from predictors.latency import Calibration, LatencyPredictor, PredictorError, fit, predictor_dir
-from predictors.metrics import accuracy
-from predictors.ops import layer_bops
-from targets.configs import arch_configs
-from targets.store import Store
-from targets.target import load_target
+from hwnas.predictors.latency import Calibration, LatencyPredictor, PredictorError, fit, predictor_dir
+from hwnas.predictors.metrics import accuracy
+from hwnas.predictors.ops import layer_bops
+from hwnas.space import NASBNN
+from hwnas.targets.configs import arch_configs
+from hwnas.targets.store import Store
+from hwnas.targets.target import load_target
 from tests.synthetic import RES, column, fill_store, true_part_ms
 
 TARGET = "x86-avx2"  # needs no device: the measurements here are synthetic

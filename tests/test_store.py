@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from hwnas.arch import LayerConfig
 from hwnas.errors import HwnasError
 from hwnas.space import NASBNN
-from targets.configs import LayerConfig, layer_configs, sample_configs, sample_networks
-from targets.profile import BUILD_CHUNK, RetryLater, layer_jobs, network_jobs, run_jobs
-from targets.store import MEASURE_METHODS, Key, Store, store_path, summarize
-from targets.target import load_target
+from hwnas.targets.configs import layer_configs, sample_configs, sample_networks
+from hwnas.targets.driver import BUILD_CHUNK, RetryLater, layer_jobs, network_jobs, run_jobs
+from hwnas.targets.store import MEASURE_METHODS, Key, Store, store_path, summarize
+from hwnas.targets.target import load_target
 
 
 @pytest.fixture(autouse=True)

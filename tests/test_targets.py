@@ -20,8 +20,8 @@ from hwnas.arch import Arch
 from hwnas.cli import main
 from hwnas.model import build_supernet
 from hwnas.space import NASBNN
-from targets import session as session_module
-from targets.configs import (
+from hwnas.targets import session as session_module
+from hwnas.targets.configs import (
     LayerConfig,
     arch_configs,
     arch_parts,
@@ -30,11 +30,11 @@ from targets.configs import (
     sample_configs,
     sample_networks,
 )
-from targets.measure_tvm import watch_slow_windows
-from targets.profile import layer_jobs, network_jobs, run_jobs
-from targets.session import DeviceUnreachable, SlowDevice, SlowWindows, open_session
-from targets.store import Store
-from targets.target import TargetError, load_target, read_target, target_files, user_targets_dir
+from hwnas.targets.driver import layer_jobs, network_jobs, run_jobs
+from hwnas.targets.session import DeviceUnreachable, SlowDevice, SlowWindows, Timing, open_session
+from hwnas.targets.store import Store
+from hwnas.targets.target import TargetError, load_target, read_target, target_files, user_targets_dir
+from hwnas.targets.tvm_measures import watch_slow_windows
 
 VALID = """
 description = "test"
@@ -216,7 +216,7 @@ def run_add(session) -> tuple[np.ndarray, list[float]]:
     mod = session.load(add_one())
     a = session.tensor(np.arange(64, dtype="float32"))
     b = session.tensor(np.zeros(64, "float32"))
-    times = session.time_ms(mod, [a, b], repeat=3, min_repeat_ms=1)
+    times = session.time_ms(mod, [a, b], timing=Timing(repeat=3, min_repeat_ms=1, tries=1))
     return b.numpy(), times
 
 
@@ -255,9 +255,11 @@ def test_timing_retries_an_unsteady_batch(monkeypatch):
     monkeypatch.setattr(session_module, "ForeignLoad", QuietLoad)
     noisy, steady, noisier = [1e-3, 3e-3, 1e-3, 2e-3], [2e-3, 2.01e-3, 2e-3, 2.02e-3], [1e-3, 5e-3, 1e-3, 9e-3]
     with open_session(load_target("local")) as session:
-        assert session.time_ms(FakeTimed([noisy, steady, noisy]), [], tries=3) == pytest.approx([2, 2.01, 2, 2.02])
-        assert session.time_ms(FakeTimed([noisier, noisy]), [], tries=2) == pytest.approx([1, 3, 1, 2])
-        assert session.time_ms(FakeTimed([noisy, steady]), [], tries=1) == pytest.approx([1, 3, 1, 2])
+        assert session.time_ms(FakeTimed([noisy, steady, noisy]), [], timing=Timing(tries=3)) == pytest.approx(
+            [2, 2.01, 2, 2.02]
+        )
+        assert session.time_ms(FakeTimed([noisier, noisy]), [], timing=Timing(tries=2)) == pytest.approx([1, 3, 1, 2])
+        assert session.time_ms(FakeTimed([noisy, steady]), [], timing=Timing(tries=1)) == pytest.approx([1, 3, 1, 2])
 
 
 def test_timing_waits_out_a_slow_window(monkeypatch):
@@ -270,14 +272,14 @@ def test_timing_waits_out_a_slow_window(monkeypatch):
         readings = iter([1.0, 1.0, 1.0, 2.2, 2.2, 2.2, 2.2, 1.0, 1.0])
         session.slow_windows = SlowWindows(lambda: next(readings))
         session.slow_windows.read()
-        assert session.time_ms(FakeTimed([fast]), [], tries=1) == pytest.approx([2, 2, 2, 2])
-        assert session.time_ms(FakeTimed([slow, slow, fast]), [], tries=1) == pytest.approx([2, 2, 2, 2])
+        assert session.time_ms(FakeTimed([fast]), [], timing=Timing(tries=1)) == pytest.approx([2, 2, 2, 2])
+        assert session.time_ms(FakeTimed([slow, slow, fast]), [], timing=Timing(tries=1)) == pytest.approx([2, 2, 2, 2])
         assert session.slow_windows.slow_batches == 2
         monkeypatch.setattr(session_module, "SLOW_WAIT_S", 0.0)  # a window that outlasts the wait
         session.slow_windows = SlowWindows(iter([1.0, 2.2, 2.2]).__next__)
         session.slow_windows.read()
         with pytest.raises(SlowDevice, match="slow window"):  # no 2x slow batch is kept
-            session.time_ms(FakeTimed([slow, fast]), [], tries=1)
+            session.time_ms(FakeTimed([slow, fast]), [], timing=Timing(tries=1))
 
 
 def test_under_another_jobs_load_the_probe_is_not_asked(monkeypatch):
@@ -293,7 +295,9 @@ def test_under_another_jobs_load_the_probe_is_not_asked(monkeypatch):
     with open_session(load_target("local")) as session:
         session.slow_windows = SlowWindows(iter([1.0, 2.2, 2.2, 2.2, 2.2]).__next__)  # the load slows the probe
         session.slow_windows.read()
-        assert session.time_ms(FakeTimed([noisy, steady]), [], tries=2) == pytest.approx([2, 2.01, 2, 2.02])
+        assert session.time_ms(FakeTimed([noisy, steady]), [], timing=Timing(tries=2)) == pytest.approx(
+            [2, 2.01, 2, 2.02]
+        )
         assert session.slow_windows.slow_batches == 0
 
 
@@ -365,13 +369,15 @@ def test_unreachable_device_is_a_clear_error(capsys):
 
 def test_layer_kernels_profiled_through_rpc(rpc_server):
     pytest.importorskip("hwnas.compile.binconv")
-    from targets.measure_tvm import layer_measure
+    from hwnas.targets.tvm_measures import layer_measure
 
     rpc_target("loopback", rpc_server.port)
     target = load_target("loopback")
     configs = [LayerConfig(96, 128, 3, 2, 2, 16), LayerConfig(384, 384, 5, 8, 1, 7)]
     with Store.for_target(target) as store, open_session(target) as session:
-        report = run_jobs(store, layer_jobs(configs, 32, layer_measure(session, repeat=3, min_repeat_ms=1)))
+        report = run_jobs(
+            store, layer_jobs(configs, 32, layer_measure(session, Timing(repeat=3, min_repeat_ms=1, tries=1)))
+        )
         assert report.measured == 2 and not report.failed
         assert all(m.median_ms > 0 and m.repeats == 3 for m in store.measurements("layer"))
 
@@ -406,7 +412,7 @@ def network_kernels(arch, resolution: int, target) -> list:
 
 def test_measured_kernels_are_the_networks():
     from hwnas.compile.binconv import ConvShape, binary_conv2d
-    from targets.measure_tvm import layer_kernels, part_kernel
+    from hwnas.targets.tvm_measures import layer_kernels, part_kernel
 
     target = load_target("local").tvm_target()
     arch = NASBNN.sample(random.Random(3))  # stride-2 layers (pooled shortcut), widening 1x1s (tiled)
@@ -453,12 +459,12 @@ def test_cli_profiles_networks_end_to_end_and_resumes(capsys):
 
 
 def test_network_profiled_through_rpc(rpc_server):
-    from targets.measure_tvm import network_measure
+    from hwnas.targets.tvm_measures import network_measure
 
     rpc_target("loopback", rpc_server.port)
     target = load_target("loopback")
     with Store.for_target(target) as store, open_session(target) as session:
-        measure = network_measure(session, repeat=2, min_repeat_ms=1, classes=10)
+        measure = network_measure(session, Timing(repeat=2, min_repeat_ms=1, tries=1), classes=10)
         report = run_jobs(store, network_jobs([NASBNN.smallest()], 32, measure), progress=False)
         assert report.measured == 1 and not report.failed, report.failed
         (row,) = store.measurements("network")

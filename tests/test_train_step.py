@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from hwnas.model import Mode
-from hwnas.space import NASBNN
+from hwnas.space import NASBNN, scaled_space
 from hwnas.train.config import TrainConfig
 from hwnas.train.init import init_thresholds
 from hwnas.train.optim import build_optimizer, decays
 from hwnas.train.sandwich import Sandwich
-from hwnas.train.supernet import build_model, config_space, scaled_space
+from hwnas.train.supernet import build_model, config_space
 from tests.conftest import tiny
 
 

@@ -46,7 +46,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
     )
     from hwnas.compile.weights import load_subnet
     from hwnas.errors import HwnasError
-    from targets.target import load_target
+    from hwnas.targets.target import load_target
 
     target = load_target(args.target)
     arch, sub = load_subnet(args.arch, args.weights, args.resolution, args.classes, args.seed)

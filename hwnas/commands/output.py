@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
+import logging
 from typing import Any
+
+from hwnas.textfmt import table
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -19,14 +20,8 @@ def emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 def log(message: str) -> None:
-    """Progress and logs go to stderr so stdout stays machine-readable."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress and logs of a command: through logging to stderr, so stdout stays machine-readable."""
+    logging.getLogger("hwnas.commands").info(message)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain fixed-width text table, right-aligned numbers."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+__all__ = ["add_json_flag", "emit", "log", "table"]

@@ -27,10 +27,10 @@ import numpy as np
 
 from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, log, table
+from hwnas.targets.target import load_target
 from hwnas.train.checkpoint import FILENAME
 from hwnas.train.config import add_override_flags, overrides, resolve
 from hwnas.train.run import load_run, read_config, resolve_for_resume, train_supernet
-from targets.target import load_target
 
 RANDOM_SUBNETS = 20
 TARGET = "local"
@@ -97,15 +97,15 @@ def _evaluate(run_dir: Path) -> dict[str, Any]:
 
 
 def _profile(networks: int) -> dict[str, Any]:
-    from targets.profiling import Plan, profile_target
+    from hwnas.targets.plan import Plan, profile_target
 
     return profile_target(load_target(TARGET), Plan(networks=networks))
 
 
 def _fit() -> dict[str, Any]:
-    from predictors.evaluate import evaluate
-    from predictors.latency import fit
-    from targets.store import Store
+    from hwnas.predictors.evaluate import evaluate
+    from hwnas.predictors.latency import fit
+    from hwnas.targets.store import Store
 
     target = load_target(TARGET)
     with Store.for_target(target) as store:
@@ -171,10 +171,11 @@ def _best(search_result: dict[str, Any]) -> Arch:
 
 
 def _compare(run_dir: Path, out: Path) -> dict[str, Any]:
-    from hwnas.search.comparing import compare_studies
+    from hwnas.search.comparison import compare_studies
+    from hwnas.search.comparison_report import write_report
 
     comparison = compare_studies(run_dir, TARGET)
-    report = comparison.write_report(out / "report")
+    report = write_report(comparison, out / "report")
     log(f"[compare] report: {report}")
     return {**comparison.to_json(), "report": str(report)}
 

@@ -11,7 +11,7 @@ from hwnas.errors import HwnasError
 from hwnas.search.points import Point
 from hwnas.search.samplers import SAMPLERS
 from hwnas.search.study import OBJECTIVES, SearchSettings, existing_storage, front, load_study, search
-from hwnas.space import NASBNN
+from hwnas.space import NASBNN, deployed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -122,11 +122,13 @@ def cmd_front(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from hwnas.search.comparing import compare_studies
+    from hwnas.search.comparison import compare_studies
+    from hwnas.search.comparison_report import text as report_text
+    from hwnas.search.comparison_report import write_report
 
     comparison = compare_studies(args.run, args.target, tuple(args.studies) if args.studies else None, args.storage)
-    report = comparison.write_report(args.output or args.run / "compare")
-    emit(args, {**comparison.to_json(), "report": str(report)}, comparison.text() + f"\nreport: {report}")
+    report = write_report(comparison, args.output or args.run / "compare")
+    emit(args, {**comparison.to_json(), "report": str(report)}, report_text(comparison) + f"\nreport: {report}")
 
 
 def _deployed_arch(args: argparse.Namespace) -> Arch:
@@ -137,13 +139,13 @@ def _deployed_arch(args: argparse.Namespace) -> Arch:
     from hwnas.train.supernet import config_space
 
     space = config_space(read_config(args.run))
-    return space.translate(space.load(args.arch), NASBNN if space.nd else NASBNN.without_nd())
+    return deployed(space, space.load(args.arch))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from predictors.latency import LatencyPredictor
-    from predictors.ops import count_ops
-    from targets.target import load_target
+    from hwnas.predictors.latency import LatencyPredictor
+    from hwnas.predictors.ops import count_ops
+    from hwnas.targets.target import load_target
 
     arch = _deployed_arch(args)
     predictor = LatencyPredictor.load(load_target(args.target))
@@ -154,8 +156,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_measure(args: argparse.Namespace) -> None:
-    from targets.measured import measure_networks
-    from targets.target import load_target
+    from hwnas.targets.network_timings import measure_networks
+    from hwnas.targets.target import load_target
 
     arch = _deployed_arch(args)
     target = load_target(args.target)

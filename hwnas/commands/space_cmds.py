@@ -10,8 +10,8 @@ from pathlib import Path
 from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, table
 from hwnas.errors import HwnasError
+from hwnas.predictors.ops import count_ops, layer_bops
 from hwnas.space import NASBNN
-from predictors.ops import count_ops, layer_bops
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,12 +7,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hwnas.commands.output import add_json_flag, emit, table
-from predictors.evaluate import evaluate
-from predictors.latency import DEFAULT_HOLDOUT, MIN_CALIBRATION_NETWORKS, LatencyPredictor, fit, predictor_dir
-from targets.measured import DEFAULT_TIMING, Timing
-from targets.profiling import Plan, profile_target
-from targets.store import Store
-from targets.target import BUILTIN_DIR, load_target, target_files, user_targets_dir
+from hwnas.predictors.evaluate import evaluate
+from hwnas.predictors.latency import DEFAULT_HOLDOUT, MIN_CALIBRATION_NETWORKS, LatencyPredictor, fit, predictor_dir
+from hwnas.targets.plan import Plan, profile_target
+from hwnas.targets.session import DEFAULT_TIMING, Timing
+from hwnas.targets.store import Store
+from hwnas.targets.target import BUILTIN_DIR, load_target, target_files, user_targets_dir
 
 
 def _layers_arg(value: str) -> int | None:

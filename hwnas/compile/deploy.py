@@ -37,7 +37,7 @@ class Compiled:
 def subnet_module(subnet: BinaryNet, resolution: int, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
     """``subnet`` (its active arch, BWBA, eval) folded into a Relax module for ``target``, not yet
     compiled, and the label of each kernel call. Not thread-safe: Relax's BlockBuilder keeps a
-    class-level stack (:mod:`targets.measure_tvm` builds under a lock and compiles in parallel)."""
+    class-level stack (:mod:`hwnas.targets.tvm_measures` builds under a lock and compiles in parallel)."""
     return build_module(fold(subnet, resolution), target)
 
 

@@ -1,6 +1,6 @@
 """What the kernels ask of a TVM target (CPU features, vector width), and the runtime's thread count.
 
-The targets themselves are described once, in the TOML files of :mod:`targets.target`
+The targets themselves are described once, in the TOML files of :mod:`hwnas.targets.target`
 (``load_target(name).tvm_target()``); the kernels only query the ``tvm.target.Target`` they get.
 """
 

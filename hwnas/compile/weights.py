@@ -23,13 +23,19 @@ class Subnet:
 
 
 def load_subnet(
-    arch_path: Path, weights: str, resolution: int | None, classes: int | None, seed: int = 0
+    arch_path: Path,
+    weights: str,
+    resolution: int | None,
+    classes: int | None,
+    seed: int = 0,
+    space: SearchSpace = NASBNN,
 ) -> tuple[Arch, Subnet]:
-    """Read and validate the arch, then build it from ``weights`` (RUN_DIR or "random")."""
+    """Read and validate the arch, then build it from ``weights`` (RUN_DIR, or "random": a seeded
+    random supernet of ``space``)."""
     if weights == "random":
-        arch = NASBNN.load(arch_path)
+        arch = space.load(arch_path)
         torch.manual_seed(seed)
-        supernet = build_supernet(NASBNN, classes or 1000).eval()
+        supernet = build_supernet(space, classes or 1000).eval()
         return arch, Subnet(supernet.extract(arch), resolution or 224, classes or 1000)
     if not Path(weights).is_dir():
         raise HwnasError(f"--weights must be a training run directory or 'random', got {weights!r}")

@@ -1,38 +1,8 @@
 """One detector training configuration: defaults, a TOML file, then command-line overrides.
 
 The detector is torchvision's Faster R-CNN with an FPN over the last stages of a binary subnet
-(see :mod:`hwnas.detect.model`). The defaults are for the built-in synthetic set (2,000 training
-canvases of 96 x 96 with 1-4 digits of 16-36 pixels, :mod:`hwnas.detect.synthetic`) on a shared
-2-core CPU, aiming at mAP@0.5 >= 0.8 within 20 minutes of training with the largest subnet of the
-default (quarter-width) supernet:
-
-- ``min_size = max_size = 96``: the canvas as it is (no resizing). A step of 4 canvases took
-  0.38 s at 96 pixels and 0.48 s at 128 with the same digit sizes, and 96 scored as well.
-- ``first_stage = 3``: FPN levels at strides 8, 16, 32 plus a max-pooled level at 64; with
-  ``anchor_size = 16`` the anchors are 16, 32, 64, 128 pixels (aspect ratios 0.5, 1, 2), which
-  covers digit boxes of about 8-36 pixels. Box features are RoI-aligned from the stride-8 level
-  (torchvision's scale rule puts every box under 112 pixels there); pooling from the stride-32
-  level instead scored near zero, and adding the stride-4 level did not help in 300 steps.
-- ``fpn_channels = 64``, ``head_size = 256`` (torchvision: 256 and 1024), ``proposals = 100`` kept
-  after the RPN's NMS (torchvision: 2000 in training, 1000 in testing), ``roi_samples = 128``
-  proposals per image trained in the box head (torchvision: 512): a canvas holds at most four
-  objects, and the box head's first layer (``fpn_channels x 7 x 7 -> head_size``) per proposal is
-  the head's biggest cost.
-- Adam (the supernet's optimizer), linear warm-up over a quarter epoch, cosine decay; batch 4 and
-  ``lr = 2e-3``. ``backbone_lr_mult = 1.0``: the inherited backbone (the paper initialises it from
-  the supernet) learns at the heads' rate. In single-seed 300-step probes (from a supernet trained
-  for only 3 minutes) a slower backbone localised worse (class-agnostic AP50 0.40 at 0.3 vs 0.68
-  at 1.0) and 0.1 was worse still; batch 4 beat batch 8 at equal time, lr 2e-3 beat 1e-3.
-- ``epochs = 6``: 3,000 steps, about 19 minutes at 0.38 s per step (one thread, with two other
-  jobs on the 2-core CPU). Localisation is learnt early (class-agnostic AP50 0.6-0.8 after 300
-  steps, binary or full-precision backbone alike); telling the ten digits apart takes the time.
-- ``hflip = false``: a mirrored digit is not a digit; switch it on for natural images.
-
-For COCO (``data = "coco:PATH"``) use the paper's sizes, ``min_size = 800``, ``max_size = 1333``,
-``first_stage = 2``, ``anchor_size = 32`` (torchvision's 32-512), ``fpn_channels = 256``,
-``head_size = 1024``, ``proposals = 1000``, ``roi_samples = 512``, ``hflip = true``, a lower
-``backbone_lr_mult`` for a long schedule, and a supernet trained on ImageNet (``imagefolder``) at
-full width. ``threads = 1``, as for supernet training (see :mod:`hwnas.train.config`).
+(:mod:`hwnas.detect.model`). The defaults are for the built-in synthetic set on a small shared CPU;
+docs/detection.md gives the probes behind them and the settings for COCO.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A detector's OPs at an input size (FLOPs + Int8OPs / 8 + BOPs / 64, in multiply-accumulates).
 
-- Backbone: the binary subnet counted as in classification (:func:`predictors.ops.count_ops`:
+- Backbone: the binary subnet counted as in classification (:func:`hwnas.predictors.ops.count_ops`:
   8-bit stem, binary separable layers; no classifier) on the image as Faster R-CNN feeds it:
   resized by its transform, padded to a multiple of 32.
 - Head, real-valued, so FLOPs: the FPN's lateral 1x1 and output 3x3 convs at each level, the RPN
@@ -23,7 +23,7 @@ from torchvision.models.detection import FasterRCNN
 
 from hwnas.arch import Arch
 from hwnas.detect.config import DetectConfig
-from predictors.ops import Ops, count_ops
+from hwnas.predictors.ops import Ops, count_ops
 
 
 @dataclass(frozen=True)

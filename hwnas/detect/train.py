@@ -10,13 +10,13 @@ normalisation; see :mod:`hwnas.detect.store`), ``checkpoint.pt`` and ``metrics.j
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from hwnas.arch import Arch
-from hwnas.commands.output import log
 from hwnas.detect.config import DetectConfig
 from hwnas.detect.data import CocoImages, collate, load_data
 from hwnas.detect.evaluate import evaluate_detector
@@ -28,6 +28,8 @@ from hwnas.train.data import normalization
 from hwnas.train.distributed import init_distributed
 from hwnas.train.loop import LoopData, SameNetwork, train_loop
 from hwnas.train.run import CONFIG, Run
+
+_log = logging.getLogger(__name__)
 
 BACKBONE = "backbone.body."  # parameter-name prefix of the binary subnet inside the detector
 
@@ -65,7 +67,7 @@ def train_detector(run: Run, arch: Arch, config: DetectConfig, out_dir: Path, re
         out_dir.mkdir(parents=True, exist_ok=True)
         config.save(out_dir / CONFIG)
         save_info(info, out_dir)
-        log(
+        _log.info(
             f"training a detector on {data.root}: {len(data.train)} train / {len(data.val)} val images, "
             f"{len(data.categories)} classes, backbone {arch}"
         )

@@ -13,17 +13,17 @@ For a run trained at full width the translation is the identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from hwnas.arch import Arch
-from hwnas.space import NASBNN, SearchSpace
+from hwnas.predictors.latency import LatencyPredictor
+from hwnas.predictors.ops import count_ops
+from hwnas.space import SearchSpace, deployment_space
+from hwnas.targets.configs import NETWORK_CLASSES
+from hwnas.targets.target import load_target
 from hwnas.train.distributed import set_threads
 from hwnas.train.evaluate import evaluate_subnet
 from hwnas.train.run import Run
-from predictors.latency import LatencyPredictor
-from predictors.ops import count_ops
-from targets.configs import NETWORK_CLASSES
-from targets.target import load_target
 
 
 class AccuracyOracle:
@@ -61,7 +61,7 @@ class CostModel:
 
     @property
     def deploy_space(self) -> SearchSpace:
-        return replace(NASBNN, nd=self.space.nd)
+        return deployment_space(self.space)
 
     def deployed(self, arch: Arch) -> Arch:
         return self.space.translate(arch, self.deploy_space)

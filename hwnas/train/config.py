@@ -1,39 +1,9 @@
 """One training configuration: defaults, a TOML file, then command-line overrides, in that order.
 
-Learning rate rule: ``lr = base_lr * batch_size / base_batch`` (linear scaling, Goyal et al. 2017),
-with the paper's ``base_lr = 5e-4`` at ``base_batch = 512`` for the supernet and ``1e-5`` for
-finetuning. ``batch_size`` is the global batch (all processes together).
-
-Defaults for the built-in digits data (1,257 training images on a shared 2-core CPU) differ from
-the paper's ImageNet recipe where they must: a quarter-width space (``width_mult = 0.25``; the
-full width is about 10x slower per step), batch 64 and ``base_lr = 8e-2`` at 512, i.e. lr 1e-2
-at batch 64. The learning rate is what made the binary students learn in a 20-minute budget: on
-digits (seed 0, the test split, BN recalibrated), 45 epochs at lr 1e-3 gave 84 % for the largest
-subnet, 83 % for the smallest and 38 % mean over 20 random ones; at lr 1e-2, 97 / 94 / 85 %.
-Probes of the BWBA largest subnet alone reached a distillation loss of 0.76 / 0.54 / 0.37 after
-250 steps at lr 1e-3 / 3e-3 / 1e-2; lr 2e-2 made the whole sandwich unstable (the smallest
-subnet's loss stayed near 1.8). Further departures, from short probes on digits:
-
-- ``num_random = 1`` (paper: 2): a step also trains the largest subnet in BWBA (see
-  :mod:`hwnas.train.sandwich`), so one random subnet keeps a step at four forward passes. Two
-  random subnets per step over fewer epochs (the same time) gave the same random-subnet mean.
-- ``epochs = 60``, ``warmup_epochs = 2``, ``eval_every = 5``: under 20 minutes on this 2-core
-  CPU (about 1.0 s per step). With the paper's FWBA Bi-Teacher (the default): largest 98.5 %,
-  smallest 95.6 %, mean of 20 random subnets 91.1 % (min 87.0 %) in 19.9 minutes of training
-  (seed 0; seed 1: 97.4 / 94.8 / 91.3 %), both runs side by side on the two cores. A FWFA teacher
-  (``--teacher fwfa``) is 10 % cheaper per step but its students fell short: 97.8 / 96.3 / 88.6 %
-  at 60 epochs, 91.5 % random only at 65 epochs (21.7 minutes; both before the channels-last
-  speed-up of :mod:`hwnas.train.sandwich`, with which the FWBA teacher fits in the budget). At lr
-  1e-3 the FWBA teacher had learned too slowly to teach (36 % val after 60 steps, vs 98 % for
-  FWFA); at lr 1e-2 it is the better teacher (91.0 % random with FWBA vs 88.6 % with FWFA, same
-  60 epochs, neither with channels last).
-
-For ImageFolder data use ``width_mult = 1.0``, ``resolution = 224``, ``num_random = 2`` and the
-paper's ``base_lr = 5e-4``.
-
-``threads = 1``: on a small CPU shared with other jobs, two OpenMP threads per process made a
-sandwich step 10-40x slower (spinning threads preempted), one thread was as fast as two on an idle
-machine; torchrun also gives each process one thread. Set 0 for torch's default on a dedicated host.
+Learning rate rule: ``lr = base_lr * batch_size / base_batch`` (linear scaling, Goyal et al. 2017);
+``batch_size`` is the global batch (all processes together). The defaults are for the built-in
+digits data on a small shared CPU; docs/training.md gives the measurements behind each of them and
+the settings for ImageNet-style ImageFolder data.
 """
 
 from __future__ import annotations
@@ -67,7 +37,7 @@ class TrainConfig:
     num_random: int = 1  # random subnets per step besides the largest and the smallest
     epochs: int = 60
     batch_size: int = 64
-    base_lr: float = 8e-2  # at base_batch; see the module docstring
+    base_lr: float = 8e-2  # at base_batch; docs/training.md
     base_batch: int = 512
     weight_decay: float = 5e-6
     warmup_epochs: float = 2.0
@@ -75,7 +45,7 @@ class TrainConfig:
     split_seed: int = 0  # the train / val / test split
     val_per_class: int = 50  # ImageFolder: held-out search images per class, carved from train/
     workers: int = 0  # data-loading processes (0: in the main process, bit-exact resume)
-    threads: int = 1  # torch intra-op threads per process (0: torch's default); see the module docstring
+    threads: int = 1  # torch intra-op threads per process (0: torch's default); docs/training.md
     checkpoint_minutes: float = 10.0  # also checkpoint this often within an epoch
     eval_every: int = 5  # epochs between validation of the largest and smallest subnets
     calib_batches: int = 8  # training batches for BatchNorm recalibration

@@ -19,6 +19,7 @@ detector's proposal sampling uses it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +32,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from hwnas.commands.output import log
 from hwnas.errors import HwnasError
 from hwnas.train.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from hwnas.train.distributed import Dist, barrier
 from hwnas.train.optim import build_optimizer, build_scheduler
+
+_log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
 
@@ -143,7 +145,7 @@ def train_loop(objective: nn.Module, config: LoopConfig, data: LoopData, run_dir
         pos = Position(**state["position"])
         if d.main:
             _trim_metrics(run_dir / METRICS, pos.epoch)
-            log(f"resuming {run_dir} at epoch {pos.epoch + 1}, step {pos.step} ({pos.global_step} steps done)")
+            _log.info(f"resuming {run_dir} at epoch {pos.epoch + 1}, step {pos.step} ({pos.global_step} steps done)")
     model = objective
     if d.world > 1:
         ids = [d.device.index] if d.device.type == "cuda" else None
@@ -211,7 +213,7 @@ def train_loop(objective: nn.Module, config: LoopConfig, data: LoopData, run_dir
         if config.max_steps and pos.global_step >= config.max_steps:
             checkpoint()
             if d.main:
-                log(f"stopped after {pos.global_step} steps (max_steps); --resume continues")
+                _log.info(f"stopped after {pos.global_step} steps (max_steps); --resume continues")
             break
         pos.epoch, pos.step = pos.epoch + 1, 0
         last = {
@@ -227,7 +229,7 @@ def train_loop(objective: nn.Module, config: LoopConfig, data: LoopData, run_dir
         if d.main:
             with (run_dir / METRICS).open("a") as f:
                 f.write(json.dumps(last) + "\n")
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+            _log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
         checkpoint()
         last_save = time.monotonic()
     barrier(d)

@@ -8,12 +8,12 @@ The search and compile steps call :func:`load_run` (``--weights RUN_DIR``).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hwnas.commands.output import log
 from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet
 from hwnas.space import SearchSpace
@@ -26,6 +26,8 @@ from hwnas.train.init import init_thresholds
 from hwnas.train.loop import LoopData, train_loop
 from hwnas.train.sandwich import Sandwich
 from hwnas.train.supernet import build_model, config_space
+
+_log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 SPLITS = "splits.json"
@@ -100,7 +102,7 @@ def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> 
         init_thresholds(supernet, calib[0][0])
     data = LoopData(splits.train, calib, preload(splits.val, config.batch_size))
     if d.main:
-        log(
+        _log.info(
             f"training a supernet on {config.data}: {len(splits.train)} train / {len(splits.val)} val images, "
             f"lr {config.lr:.3g}"
         )

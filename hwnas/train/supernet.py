@@ -2,36 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from hwnas.errors import ArchError, HwnasError
 from hwnas.model import BinaryNet, ModelOptions, build_supernet
-from hwnas.space import NASBNN, SearchSpace
+from hwnas.space import NASBNN, SearchSpace, scaled_space
 from hwnas.train.config import TrainConfig
-
-
-def scaled_space(space: SearchSpace, mult: float) -> SearchSpace:
-    """``space`` with every width times ``mult`` (rounded), for small data and small machines.
-
-    Depths, kernels and groups stay; a multiplier that breaks "groups divide the channels" is refused.
-    """
-    if mult == 1.0:
-        return space
-
-    def scale(widths: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(max(1, round(c * mult)) for c in widths)
-
-    out = replace(
-        space,
-        stem_widths=scale(space.stem_widths),
-        stages=tuple(replace(st, widths=scale(st.widths)) for st in space.stages),
-    )
-    try:
-        out.validate(out.largest())
-        out.validate(out.smallest())
-    except ArchError as exc:
-        raise HwnasError(f"width_mult {mult} gives an unusable space ({exc})") from None
-    return out
 
 
 def config_space(config: TrainConfig) -> SearchSpace:

@@ -2,7 +2,7 @@
 
 The driver knows nothing about TVM. A measure function takes one configuration, compiles what it
 measures and returns a :data:`Timer`, which times it on the device (per-repeat milliseconds);
-:mod:`targets.measure_tvm` builds the real ones for a session on a target, and tests pass fakes.
+:mod:`hwnas.targets.tvm_measures` builds the real ones for a session on a target, and tests pass fakes.
 Compiling takes most of a profile (a whole network: about 3 s to compile, 0.3 s to time) and
 runs on the host, so ``build_workers`` threads compile a chunk of jobs at once; the chunk is then
 timed one job at a time with the compiler idle, so nothing else runs beside a timed kernel.
@@ -11,13 +11,13 @@ skipped, and is tried again by the next run; KeyboardInterrupt stops the run, an
 measured before it is already in the store.
 
 What one ``layer``, ``stem`` or ``head`` measurement covers is defined by the measure functions
-of :mod:`targets.measure_tvm`; the predictor sums exactly those over a network.
+of :mod:`hwnas.targets.tvm_measures`; the predictor sums exactly those over a network.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -26,10 +26,12 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from hwnas.arch import Arch
+from hwnas.arch import Arch, LayerConfig
 from hwnas.errors import HwnasError
-from targets.configs import LayerConfig, PartConfig
-from targets.store import Key, Store
+from hwnas.targets.configs import PartConfig
+from hwnas.targets.store import Key, Store, layer_key, network_key, part_key
+
+_log = logging.getLogger(__name__)
 
 Timer = Callable[[], Sequence[float]]
 """Times what a measure function compiled, on the device: per-repeat milliseconds."""
@@ -50,7 +52,7 @@ class PartMeasure(Protocol):
 class NetworkMeasure(Protocol):
     """Compiles one whole subnet end to end at a resolution; the Timer times it.
 
-    The network compiler provides it (see :func:`targets.measure_tvm.network_measure`).
+    The network compiler provides it (see :func:`hwnas.targets.tvm_measures.network_measure`).
     """
 
     def __call__(self, arch: Arch, resolution: int) -> Timer: ...
@@ -81,18 +83,6 @@ class Report:
             "failed": [{"what": what, "error": error} for what, error in self.failed],
             "stopped": self.stopped,
         }
-
-
-def layer_key(config: LayerConfig, resolution: int) -> Key:
-    return Key.of("layer", config.to_json(), resolution)
-
-
-def part_key(part: PartConfig, resolution: int) -> Key:
-    return Key.of(part.kind, part.to_json(), resolution)
-
-
-def network_key(arch: Arch, resolution: int) -> Key:
-    return Key.of("network", arch.to_json(), resolution)
 
 
 def layer_jobs(configs: Sequence[LayerConfig], resolution: int, measure: LayerMeasure) -> list[Job]:
@@ -155,7 +145,7 @@ def run_jobs(
                 return True
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             report.failed.append((job.label, message))
-            bar.write(f"failed: {job.label}: {message}", file=sys.stderr)  # stdout may hold --json
+            _log.warning(f"failed: {job.label}: {message}")
             bar.update()
             streak += 1
             if streak == max_failures_in_a_row:

@@ -3,32 +3,30 @@
 Shared by ``hwnas profile`` and the pipeline. What is measured: the space's distinct layer
 configurations at the resolution (all, or a seeded sample), the stem and head configurations,
 and a seeded sample of whole subnets end to end. Everything goes through the resumable driver of
-:mod:`targets.profile`, so an interrupted profile continues where it stopped.
+:mod:`hwnas.targets.driver`, so an interrupted profile continues where it stopped.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import dataclass
 from typing import Any
 
-from hwnas.commands.output import log
-from hwnas.space import NASBNN
-from targets.configs import layer_configs, part_configs, sample_configs, sample_networks
-from targets.measured import DEFAULT_TIMING, Timing
-from targets.profile import (
+from hwnas.space import NASBNN, SearchSpace
+from hwnas.targets.configs import layer_configs, part_configs, sample_configs, sample_networks
+from hwnas.targets.driver import (
     HOST_CORES,
     Report,
     layer_jobs,
-    layer_key,
     network_jobs,
-    network_key,
     part_jobs,
-    part_key,
     run_jobs,
 )
-from targets.session import open_session
-from targets.store import Store
-from targets.target import Target
+from hwnas.targets.session import DEFAULT_TIMING, Timing, open_session
+from hwnas.targets.store import Store, layer_key, network_key, part_key
+from hwnas.targets.target import Target
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,18 +37,20 @@ class Plan:
     layers: int | None = None
     networks: int = 0
     seed: int = 0
+    space: SearchSpace = NASBNN
+    """The deployment space profiled (:func:`hwnas.space.deployment_space`)."""
 
 
 def profile_target(
     target: Target, plan: Plan, timing: Timing = DEFAULT_TIMING, progress: bool = True
 ) -> dict[str, Any]:
     """Measure what ``target``'s store lacks of ``plan``; returns the per-kind reports and the store's counts."""
-    from targets import measure_tvm
+    from hwnas.targets import tvm_measures
 
     res = plan.resolution
-    configs = sample_configs(layer_configs(NASBNN, res), plan.layers, plan.seed)
-    parts = part_configs(NASBNN, res) if configs else []  # the predictor needs them with layers
-    archs = sample_networks(NASBNN, plan.networks, plan.seed) if plan.networks else []
+    configs = sample_configs(layer_configs(plan.space, res), plan.layers, plan.seed)
+    parts = part_configs(plan.space, res) if configs else []  # the predictor needs them with layers
+    archs = sample_networks(plan.space, plan.networks, plan.seed) if plan.networks else []
     reports: dict[str, Report] = {}
     slow_batches, slow_s = 0, 0.0
     with Store.for_target(target) as store:
@@ -59,26 +59,25 @@ def profile_target(
             "parts": store.missing(part_key(p, res) for p in parts),
             "networks": store.missing(network_key(a, res) for a in archs),
         }
-        log(
+        _log.info(
             f"target {target.name} ({target.connection}): {len(configs)} layer configs, {len(parts)} stem/head "
             f"configs and {len(archs)} networks, {' + '.join(str(len(v)) for v in left.values())} to measure; "
             f"store {store.path}"
         )
         if any(left.values()):
             with store.exclusive(), open_session(target) as session:
-                kw = asdict(timing)
                 if left["layers"]:
-                    measure = measure_tvm.layer_measure(session, **kw)
+                    measure = tvm_measures.layer_measure(session, timing)
                     reports["layers"] = run_jobs(
                         store, layer_jobs(configs, res, measure), progress, build_workers=HOST_CORES
                     )
                 if left["parts"]:
-                    measure = measure_tvm.part_measure(session, **kw)
+                    measure = tvm_measures.part_measure(session, timing)
                     reports["parts"] = run_jobs(
                         store, part_jobs(parts, res, measure), progress, build_workers=HOST_CORES
                     )
                 if left["networks"]:
-                    measure = measure_tvm.network_measure(session, **kw)
+                    measure = tvm_measures.network_measure(session, timing, plan.space)
                     reports["networks"] = run_jobs(
                         store, network_jobs(archs, res, measure), progress, build_workers=HOST_CORES
                     )

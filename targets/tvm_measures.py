@@ -22,15 +22,15 @@ A ``stem`` or ``head`` measurement is the one kernel of :mod:`hwnas.compile.real
 ``network`` measurement is the whole subnet compiled by :func:`hwnas.compile.deploy.compile_subnet`
 and run by TVM's Relax VM, so it adds what kernels leave out: the VM's per-call work and memory
 traffic between kernels. Whenever the kernels or these definitions change, bump the
-kind's entry of ``targets.store.MEASURE_METHODS``: earlier measurements of it then stop counting.
+kind's entry of ``hwnas.targets.store.MEASURE_METHODS``: earlier measurements of it then stop counting.
 
 Kernel times do not depend on the data (popcounts and selects are branch-free), so every input is
 random with a fixed seed, and networks get a seeded random supernet's weights.
 
-Every measure function installs the session's slow-window probe (:class:`targets.session.SlowWindows`):
+Every measure function installs the session's slow-window probe (:class:`hwnas.targets.session.SlowWindows`):
 the binary conv of ``PROBE_LAYER``, timed before and after each batch.
 
-A measure function compiles and returns a :data:`targets.profile.Timer`, and may be called from
+A measure function compiles and returns a :data:`hwnas.targets.driver.Timer`, and may be called from
 several threads at once (the driver compiles in parallel). TVM's IR builders keep global state
 (Relax's BlockBuilder a class-level stack), so building the IR holds ``_IR_LOCK``; compiling it
 runs in parallel. Timers load and time on the device, from the driver's thread only.
@@ -44,10 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from hwnas.arch import Arch
-from targets.configs import NETWORK_CLASSES, LayerConfig, PartConfig
-from targets.profile import LayerMeasure, NetworkMeasure, PartMeasure, Timer
-from targets.session import Session, SlowWindows
+from hwnas.arch import Arch, LayerConfig
+from hwnas.space import NASBNN, SearchSpace
+from hwnas.targets.configs import NETWORK_CLASSES, PartConfig
+from hwnas.targets.driver import LayerMeasure, NetworkMeasure, PartMeasure, Timer
+from hwnas.targets.session import DEFAULT_TIMING, Session, SlowWindows, Timing
 
 _IR_LOCK = threading.Lock()
 
@@ -114,7 +115,7 @@ def watch_slow_windows(session: Session) -> None:
 class _KernelTimer:
     """Compiles PrimFuncs for the session's target; the Timer times them on its device with random inputs."""
 
-    def __init__(self, session: Session, timing: dict[str, int]) -> None:
+    def __init__(self, session: Session, timing: Timing) -> None:
         watch_slow_windows(session)
         self.session = session
         self.target = session.target.tvm_target()
@@ -129,36 +130,34 @@ class _KernelTimer:
         exes = [compile_func(func, self.target) for func in funcs]
 
         def time() -> list[float]:
-            total = np.zeros(self.timing["repeat"])
+            total = np.zeros(self.timing.repeat)
             for func, exe in zip(funcs, exes, strict=True):
-                total += self.session.time_ms(*load_func(self.session, func, exe, self.rng), **self.timing)
+                total += self.session.time_ms(*load_func(self.session, func, exe, self.rng), timing=self.timing)
             return total.tolist()
 
         return time
 
 
-def layer_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20, tries: int = 1) -> LayerMeasure:
-    """A LayerMeasure timing the layer's four kernels on the session's device (``Session.time_ms``
-    says what ``repeat``, ``min_repeat_ms`` and ``tries`` do)."""
-    timer = _KernelTimer(session, {"repeat": repeat, "min_repeat_ms": min_repeat_ms, "tries": tries})
+def layer_measure(session: Session, timing: Timing = DEFAULT_TIMING) -> LayerMeasure:
+    """A LayerMeasure timing the layer's four kernels on the session's device."""
+    timer = _KernelTimer(session, timing)
     return lambda config: timer(lambda: layer_kernels(config, timer.target))
 
 
-def part_measure(session: Session, repeat: int = 10, min_repeat_ms: int = 20, tries: int = 1) -> PartMeasure:
+def part_measure(session: Session, timing: Timing = DEFAULT_TIMING) -> PartMeasure:
     """A PartMeasure timing the stem's or head's kernel on the session's device."""
-    timer = _KernelTimer(session, {"repeat": repeat, "min_repeat_ms": min_repeat_ms, "tries": tries})
+    timer = _KernelTimer(session, timing)
     return lambda part, resolution: timer(lambda: [part_kernel(part, resolution)])
 
 
 def network_measure(
     session: Session,
-    repeat: int = 10,
-    min_repeat_ms: int = 20,
-    tries: int = 1,
+    timing: Timing = DEFAULT_TIMING,
+    space: SearchSpace = NASBNN,
     classes: int = NETWORK_CLASSES,
     seed: int = 0,
 ) -> NetworkMeasure:
-    """A NetworkMeasure: the subnet of NAS-BNN's space compiled end to end (random weights of a
+    """A NetworkMeasure: the subnet of ``space`` (NAS-BNN's by default) compiled end to end (random weights of a
     seeded supernet, ``classes`` outputs), loaded through the session (exported with the target's
     cross compiler and uploaded when remote), ``main`` timed by the Relax VM's time_evaluator."""
     import torch
@@ -167,12 +166,11 @@ def network_measure(
 
     from hwnas.compile.deploy import subnet_module
     from hwnas.model import build_supernet
-    from hwnas.space import NASBNN
 
     watch_slow_windows(session)
     target = session.target.tvm_target()
     torch.manual_seed(seed)
-    supernet = build_supernet(NASBNN, classes).eval()
+    supernet = build_supernet(space, classes).eval()
     rng = np.random.default_rng(seed)
 
     def measure(arch: Arch, resolution: int) -> Timer:
@@ -183,7 +181,7 @@ def network_measure(
         def time() -> Sequence[float]:
             vm = relax.VirtualMachine(session.load(executable), session.device)
             image = session.tensor(rng.standard_normal((1, 3, resolution, resolution), dtype=np.float32))
-            return session.time_ms(vm, [image], repeat=repeat, min_repeat_ms=min_repeat_ms, tries=tries)
+            return session.time_ms(vm, [image], timing=timing)
 
         return time
 

@@ -1,0 +1,240 @@
+"""Where OPs mislead: an OPs-objective front and a latency-objective front judged on measured latency.
+
+Both fronts come from searches over the same supernet. Every subnet on them is measured on one
+target (each distinct deployed architecture once), and the fronts are compared in (accuracy,
+measured latency) space: hypervolume, how many OPs-front points a latency-front point beats, and
+the most accurate subnet each front offers under a few latency budgets. The same measurements
+tell how well OPs and the latency predictor rank real latency, and are new data for the predictor.
+
+:func:`compare` takes its measuring as a function (tests pass fakes); :func:`compare_studies`
+reads two studies' fronts and measures them through the target's store, so nothing measured
+before is compiled again and a rerun after a kill continues. The report is
+:mod:`hwnas.search.comparison_report`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.arch import Arch
+from hwnas.errors import HwnasError
+from hwnas.predictors.latency import LatencyPredictor
+from hwnas.predictors.metrics import accuracy, kendall_tau
+from hwnas.search.hypervolume import dominates, hypervolume
+from hwnas.search.points import Point
+from hwnas.search.study import SearchSettings, existing_storage, front, load_study
+from hwnas.targets.network_timings import measure_networks
+from hwnas.targets.session import DEFAULT_TIMING, Timing
+from hwnas.targets.target import load_target
+
+ACCURACY_REF = 0.0
+"""Hypervolume reference accuracy: chance level differs per data set, 0 is the one fixed choice."""
+LATENCY_REF_FACTOR = 1.1
+"""Hypervolume reference latency, as a multiple of the slowest measured subnet of both fronts, so the
+slowest subnets still add a (small) area."""
+DEFAULT_BUDGETS = 4
+FRONTS = {"ops": ("OPs front", "C0", "o", (4, 4)), "latency": ("latency front", "C1", "s", (4, -10))}
+"""Front key -> (label, matplotlib colour, marker, trial-number offset in points: apart for a shared subnet)."""
+ROW = ("trial", "accuracy", "OPs M", "predicted ms", "measured ms")
+"""Columns describing one subnet in the report's tables."""
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    """A front's point with its deployed subnet's latency on the compared target: predicted and measured."""
+
+    point: Point
+    predicted_ms: float | None
+    measured_ms: float
+    spread_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.point.to_json(),
+            "predicted_ms": self.predicted_ms,
+            "measured_ms": self.measured_ms,
+            "spread_ms": self.spread_ms,
+        }
+
+
+def objectives(front: Sequence[MeasuredPoint], cost: Callable[[MeasuredPoint], float]) -> list[tuple[float, float]]:
+    return [(m.point.accuracy, cost(m)) for m in front]
+
+
+def by_measured(m: MeasuredPoint) -> float:
+    return m.measured_ms
+
+
+def by_ops(m: MeasuredPoint) -> float:
+    return m.point.ops_m
+
+
+def _measured_array(front: Sequence[MeasuredPoint]) -> np.ndarray:
+    return np.array([m.measured_ms for m in front])
+
+
+def best_within(front: Sequence[MeasuredPoint], budget_ms: float) -> MeasuredPoint | None:
+    """The most accurate point whose measured latency fits the budget (the faster one on a tie)."""
+    fits = [m for m in front if m.measured_ms <= budget_ms]
+    return max(fits, key=lambda m: (m.point.accuracy, -m.measured_ms), default=None)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Both fronts with measured latencies on ``target``, and the latency budgets to compare them under."""
+
+    target: str
+    ops: tuple[MeasuredPoint, ...]
+    latency: tuple[MeasuredPoint, ...]
+    budgets: tuple[float, ...]
+
+    @property
+    def fronts(self) -> dict[str, tuple[MeasuredPoint, ...]]:
+        return {"ops": self.ops, "latency": self.latency}
+
+    @property
+    def reference(self) -> tuple[float, float]:
+        """The one (accuracy, latency ms) hypervolume reference shared by both fronts."""
+        return ACCURACY_REF, LATENCY_REF_FACTOR * max(m.measured_ms for m in self.ops + self.latency)
+
+    def hypervolumes(self) -> dict[str, float]:
+        """Per front, in (accuracy, measured ms) space (of its non-dominated subset there)."""
+        return {
+            name: hypervolume(objectives(front, by_measured), self.reference) for name, front in self.fronts.items()
+        }
+
+    def dominated_share(self) -> dict[str, float]:
+        """Per front, the share of its points that a point of the other front dominates in measured space."""
+        ops, latency = objectives(self.ops, by_measured), objectives(self.latency, by_measured)
+
+        def share(points: list[tuple[float, float]], others: list[tuple[float, float]]) -> float:
+            return sum(any(dominates(q, p) for q in others) for p in points) / len(points)
+
+        return {"ops": share(ops, latency), "latency": share(latency, ops)}
+
+    def picks(self) -> list[tuple[float, dict[str, MeasuredPoint | None]]]:
+        """Per budget, each front's most accurate subnet that fits it."""
+        return [(b, {name: best_within(front, b) for name, front in self.fronts.items()}) for b in self.budgets]
+
+    def distinct(self) -> tuple[MeasuredPoint, ...]:
+        """One point per distinct deployed subnet over both fronts (the OPs front's when shared)."""
+        seen: dict[Arch, MeasuredPoint] = {}
+        for m in self.ops + self.latency:
+            seen.setdefault(m.point.deployed, m)
+        return tuple(seen.values())
+
+    def ranking(self) -> dict[str, Any]:
+        """How OPs and the predictor rank measured latency, and the predictor's error, over distinct subnets."""
+        subnets = self.distinct()
+        predicted = [m for m in subnets if m.predicted_ms is not None]
+        return {
+            "subnets": len(subnets),
+            "ops_kendall_tau": kendall_tau(np.array([by_ops(m) for m in subnets]), _measured_array(subnets)),
+            "predictor": accuracy(np.array([m.predicted_ms for m in predicted]), _measured_array(predicted)),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        acc_ref, lat_ref = self.reference
+        return {
+            "target": self.target,
+            "fronts": {name: [m.to_json() for m in front] for name, front in self.fronts.items()},
+            "reference": {"accuracy": acc_ref, "latency_ms": lat_ref},
+            "hypervolume": self.hypervolumes(),
+            "dominated_share": self.dominated_share(),
+            "budgets": [
+                {"budget_ms": b, **{name: m.to_json() if m else None for name, m in picks.items()}}
+                for b, picks in self.picks()
+            ],
+            **self.ranking(),
+        }
+
+
+def _round_up(x: float) -> float:
+    """``x`` rounded up to three significant digits: a budget that reads cleanly and still admits ``x``."""
+    digits = 2 - math.floor(math.log10(x))
+    nearest = round(x, digits)
+    return nearest if nearest >= x else round(nearest + 10.0**-digits, digits)
+
+
+def default_budgets(latencies_ms: Sequence[float], n: int = DEFAULT_BUDGETS) -> tuple[float, ...]:
+    """``n`` budgets evenly spread from the fastest to the slowest measured subnet, both included."""
+    return tuple(sorted({_round_up(float(x)) for x in np.linspace(min(latencies_ms), max(latencies_ms), n)}))
+
+
+def compare(
+    ops_front: Sequence[Point],
+    latency_front: Sequence[Point],
+    target: str,
+    measure: Callable[[Arch], tuple[float, float]],
+    budgets: Sequence[float] | None = None,
+) -> Comparison:
+    """Measure every distinct deployed subnet of both fronts once with ``measure`` (deployed arch ->
+    (median ms, spread ms)) and compare the fronts on ``target``; ``budgets`` default to
+    :func:`default_budgets` of the measured latencies."""
+    if not ops_front or not latency_front:
+        raise ValueError("compare needs two non-empty fronts")
+    measured: dict[Arch, tuple[float, float]] = {}
+
+    def on_target(front: Sequence[Point]) -> tuple[MeasuredPoint, ...]:
+        out = []
+        for p in front:
+            if p.deployed not in measured:
+                median, spread = (float(v) for v in measure(p.deployed))
+                if not (math.isfinite(median) and median > 0):
+                    raise ValueError(f"measured latency of {p.deployed} is {median} ms")
+                measured[p.deployed] = median, spread
+            out.append(MeasuredPoint(p, p.latency_ms.get(target), *measured[p.deployed]))
+        return tuple(out)
+
+    ops, latency = on_target(ops_front), on_target(latency_front)
+    if budgets is None:
+        budgets = default_budgets([median for median, _ in measured.values()])
+    return Comparison(target, ops, latency, tuple(sorted(budgets)))
+
+
+def default_studies(target: str) -> tuple[str, str]:
+    """The names `hwnas search` gives an OPs study and a latency study on ``target``."""
+    return SearchSettings("ops", ()).default_name(), SearchSettings("latency", (target,)).default_name()
+
+
+def compare_studies(
+    run_dir: Path,
+    target_name: str,
+    studies: tuple[str, str] | None = None,
+    storage: str | None = None,
+    timing: Timing = DEFAULT_TIMING,
+) -> Comparison:
+    """Compare the front of an OPs study with the front of a latency study, measured on the target."""
+    target = load_target(target_name)
+    predictor = LatencyPredictor.load(target)
+    store = existing_storage(run_dir, storage)
+    ops_name, lat_name = studies or default_studies(target_name)
+    ops_study, ops_settings = load_study(store, ops_name)
+    lat_study, lat_settings = load_study(store, lat_name)
+    if ops_settings.objective != "ops":
+        raise HwnasError(f"study {ops_name!r} minimises {ops_settings.objective}, not OPs")
+    if lat_settings.objective != "latency" or target_name not in lat_settings.targets:
+        raise HwnasError(f"study {lat_name!r} does not minimise latency on target {target_name!r}")
+    resolution = lat_settings.resolution
+
+    def priced(points: list[Point]) -> list[Point]:
+        """The points with this target's predicted latency (an OPs study may not have recorded it)."""
+        return [
+            p
+            if target_name in p.latency_ms
+            else replace(p, latency_ms={**p.latency_ms, target_name: predictor.predict(p.deployed, resolution)})
+            for p in points
+        ]
+
+    ops_front, lat_front = priced(front(ops_study)), priced(front(lat_study))
+    if not ops_front or not lat_front:
+        empty = ops_name if not ops_front else lat_name
+        raise HwnasError(f"study {empty!r} has no feasible trial yet; search longer or loosen its budget")
+    measured = measure_networks(target, list({p.deployed: None for p in ops_front + lat_front}), resolution, timing)
+    return compare(ops_front, lat_front, target_name, lambda arch: (measured[arch].median_ms, measured[arch].spread_ms))
