@@ -218,3 +218,14 @@ def test_compile_trained_run_weights(toy_run, tmp_path, capsys):
     arch_path.write_text(NASBNN.smallest().dumps())  # full-width arch: not in the run's quarter-width space
     assert main(["compile", str(arch_path), "--weights", str(toy_run), "-o", str(tmp_path / "m.so")]) == 2
     assert "not in" in capsys.readouterr().err
+
+
+def test_onnx_export_verify_runs_onnxruntime(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    arch_path = tmp_path / "arch.json"
+    arch_path.write_text(NASBNN.sample(random.Random(3)).dumps())
+    out = tmp_path / "net.onnx"
+    argv = ["export", str(arch_path), "--weights", "random", "--classes", "10", "--resolution", "32"]
+    assert main([*argv, "-o", str(out), "--verify", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verified"] is True and data["top1_agree"] is True and data["max_rel_error"] < 1e-5

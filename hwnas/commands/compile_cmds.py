@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="write a subnet as ONNX (the float simulation of the binary network)")
     _common(p)
+    p.add_argument(
+        "--verify", action="store_true", help="run the ONNX file with onnxruntime and compare with the PyTorch subnet"
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -97,4 +100,19 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     arch, sub = load_subnet(args.arch, args.weights, args.resolution, args.classes, args.seed)
     path = export_onnx(fold(sub.net, sub.resolution), args.output)
-    emit(args, {"output": str(path), "resolution": sub.resolution, "arch": arch.to_json()}, f"wrote {path}")
+    data = {"output": str(path), "resolution": sub.resolution, "arch": arch.to_json()}
+    text = f"wrote {path}"
+    if args.verify:
+        from hwnas.compile.deploy import verify
+        from hwnas.compile.onnx_export import OnnxRunner
+        from hwnas.errors import HwnasError
+
+        check = verify(OnnxRunner(path), sub.net, sub.resolution, seed=args.seed)
+        data |= {"verified": check.ok, "max_rel_error": check.max_rel_error, "top1_agree": check.top1_agree}
+        text += (
+            f"\nverify   {'ok' if check.ok else 'FAILED'} (onnxruntime): max relative logit error "
+            f"{check.max_rel_error:.2e}, top-1 {'agrees' if check.top1_agree else 'differs'}"
+        )
+    emit(args, data, text)
+    if args.verify and not data["verified"]:
+        raise HwnasError("verification failed: onnxruntime's output does not match the PyTorch subnet")

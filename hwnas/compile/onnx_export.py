@@ -9,14 +9,17 @@ project can read. It also cross-checks the folding against the training model.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwnas.compile.fold import Activation, FoldedConv, FoldedNet
+from hwnas.errors import HwnasError
 from hwnas.model.binary import pad_binary, sign
 from hwnas.model.layers import shortcut
 
@@ -85,8 +88,26 @@ def export_onnx(net: FoldedNet, path: str | Path) -> Path:
     path = Path(path)
     module = FoldedModule(net).eval()
     image = torch.zeros(1, 3, net.resolution, net.resolution)
-    torch.onnx.export(
-        module, (image,), str(path), dynamo=False, input_names=["image"], output_names=["logits"], opset_version=17
-    )
+    with warnings.catch_warnings():  # the tracer's notes on constant shapes are about our code, not the user's
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (image,), str(path), dynamo=False, input_names=["image"], output_names=["logits"], opset_version=17
+        )
     onnx.checker.check_model(onnx.load(str(path)))
     return path
+
+
+class OnnxRunner:
+    """An exported ONNX file run by onnxruntime on the CPU: ``runner(image) -> logits`` (NumPy)."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise HwnasError("--verify of an ONNX file needs onnxruntime: pip install 'hwnas[onnx]'") from None
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: its warnings would land on stderr beside ours
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {"image": image})[0]
