@@ -26,7 +26,7 @@ Config = TypeVar("Config")
 class TrainConfig:
     """Every setting of a supernet training or finetuning run."""
 
-    data: str = "digits"  # "digits" or "imagefolder:PATH"
+    data: str = "digits"  # "digits", "clutter" or "imagefolder:PATH"
     resolution: int = 32  # input size; ImageFolder data is usually trained at 224
     width_mult: float = 0.25  # scale of every width of the NAS-BNN space (1.0 = the paper's)
     nd: bool = True  # sample subnets under the Non-Decreasing constraint

@@ -4,6 +4,9 @@
   upsampled bilinearly to the configured resolution, three equal channels, normalised; a
   stratified 70 / 15 / 15 split with a fixed seed. No augmentation: a digit is not flip-invariant
   and the tensors stay in memory, which also makes resume bit-exact.
+- ``clutter``: the same digits under affine warps, clutter, colour and noise (:mod:`hwnas.train.clutter`):
+  a task on which accuracy grows with a subnet's capacity; generated once per resolution and
+  split seed and cached in the data directory.
 - ``imagefolder:PATH``: ``PATH/train`` (or ``PATH`` itself) as the training tree, with
   ``val_per_class`` images per class held out for the search (the paper's 50); the test split is
   ``PATH/val`` when it exists. Train: RandomResizedCrop + horizontal flip; eval: Resize(256/224 of
@@ -52,9 +55,11 @@ def build_splits(config: TrainConfig, indices: dict[str, list[int]] | None = Non
     """The configured dataset's splits; ``indices`` (from a run directory) fixes them exactly."""
     if config.data == "digits":
         return _digits(config, indices)
+    if config.data == "clutter":
+        return _clutter(config)
     if config.data.startswith("imagefolder:"):
         return _imagefolder(Path(config.data.split(":", 1)[1]), config, indices)
-    raise HwnasError(f"unknown dataset {config.data!r}; use 'digits' or 'imagefolder:PATH'")
+    raise HwnasError(f"unknown dataset {config.data!r}; use 'digits', 'clutter' or 'imagefolder:PATH'")
 
 
 def save_indices(splits: Splits, path: Path) -> None:
@@ -87,6 +92,39 @@ def _digits(config: TrainConfig, indices: dict[str, list[int]] | None) -> Splits
     return Splits(*(Subset(full, indices[n]) for n in ("train", "val", "test")), 10, indices)
 
 
+def _clutter(config: TrainConfig) -> Splits:
+    """The generated splits (every image of each: the splits are disjoint by construction), normalised."""
+    images, labels = clutter_cached(config.resolution, config.split_seed)
+    mean, std = CLUTTER_MEAN, CLUTTER_STD
+    norm = [(images[n] - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1) for n in images]
+    parts = {n: TensorDataset(x, labels[n]) for n, x in zip(images, norm, strict=True)}
+    indices = {n: list(range(len(labels[n]))) for n in labels}
+    return Splits(parts["train"], parts["val"], parts["test"], 10, indices)
+
+
+CLUTTER_MEAN, CLUTTER_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+"""Fixed input normalisation of ``clutter`` images (pixels in [0, 1], about uniform colours)."""
+
+
+def clutter_cached(resolution: int, split_seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """:func:`hwnas.train.clutter.clutter_data`, generated once and kept in the data directory."""
+    from hwnas.files import atomic_path
+    from hwnas.paths import data_dir
+    from hwnas.train.clutter import VERSION, clutter_data
+
+    path = data_dir() / "datasets" / f"clutter-{VERSION}-r{resolution}-s{split_seed}.pt"
+    if path.exists():
+        try:
+            saved = torch.load(path, weights_only=True)
+            return saved["images"], saved["labels"]
+        except Exception:  # a damaged cache is generated again
+            pass
+    images, labels = clutter_data(resolution, split_seed)
+    with atomic_path(path) as tmp:
+        torch.save({"images": images, "labels": labels}, tmp)
+    return images, labels
+
+
 def _digit_pixels(images: np.ndarray, resolution: int) -> torch.Tensor:
     """scikit-learn's 8x8 digits (0..16) as [N, 1, R, R] floats in [0, 1], upsampled bilinearly."""
     pixels = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -98,6 +136,8 @@ def normalization(config: TrainConfig) -> tuple[tuple[float, ...], tuple[float, 
 
     A network transferred to other images (a detector's backbone) normalises its inputs the same way.
     """
+    if config.data == "clutter":
+        return CLUTTER_MEAN, CLUTTER_STD
     if config.data != "digits":
         return IMAGENET_MEAN, IMAGENET_STD
     from sklearn.datasets import load_digits
