@@ -7,7 +7,8 @@ profiling and search steps also resume their own partial work):
 3. ``profile``: the local target's layer kernels, stem, head and a few whole subnets (224x224);
 4. ``predictor``: fit the local target's latency predictor and evaluate it on held-out measurements;
 5. ``search-ops`` and ``search-latency``: an OPs search and a latency search under default budgets
-   (halfway between the smallest and the largest subnet's OPs, resp. predicted latency);
+   that bind (:mod:`hwnas.search.budgets`: the 40 % quantile of random subnets' OPs, resp.
+   predicted latency);
 6. ``compile``: the most accurate subnet of each front, compiled with TVM for this CPU, checked
    against PyTorch and timed against the float32 PyTorch network of the same architecture;
 7. ``compare``: both fronts measured on the local target; the report in ``OUT/report``.
@@ -121,19 +122,20 @@ def _fit() -> dict[str, Any]:
 
 
 def _search(run_dir: Path, objective: str, trials: int) -> dict[str, Any]:
+    from hwnas.search.budgets import quantile_budget
     from hwnas.search.objectives import CostModel
     from hwnas.search.study import SearchSettings, search
 
     run = load_run(run_dir)
     costs = CostModel.for_targets(run.space, (TARGET,))
-    ends = (run.space.smallest(), run.space.largest())
     if objective == "ops":
-        budget = {"budget_mops": sum(costs.ops_m(a) for a in ends) / 2}
+        chosen, unit, key = quantile_budget(run.space, costs.ops_m), "MOPs", "budget_mops"
     else:
-        budget = {"budget_ms": sum(costs.latency_ms(a)[TARGET] for a in ends) / 2}
-    settings = SearchSettings(objective, (TARGET,), **budget)
-    log(f"[search-{objective}] {trials} trials, budget {budget}")
-    return search(run_dir, settings, trials).to_json()
+        chosen, unit, key = quantile_budget(run.space, lambda a: costs.latency_ms(a)[TARGET]), "ms", "budget_ms"
+    settings = SearchSettings(objective, (TARGET,), **{key: chosen.value})
+    log(f"[search-{objective}] {trials} trials, budget {chosen.reason(unit)}")
+    result = search(run_dir, settings, trials).to_json()
+    return {**result, "budget": {"value": chosen.value, "unit": unit, "why": chosen.reason(unit)}}
 
 
 def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, Any]:
