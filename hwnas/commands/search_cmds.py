@@ -118,8 +118,8 @@ def cmd_front(args: argparse.Namespace) -> None:
         plot.with_name(f"{plot.stem}-hypervolume.png"),
         [n for n, _ in progress["history"]],
         [v for _, v in progress["history"]],
-        f"hypervolume (accuracy x {label})",
-        f"study {study.study_name}: feasible front, trial by trial",
+        "hypervolume of the feasible trials",
+        f"study {study.study_name}: accuracy x {label}",
     )
     data = {
         "study": study.study_name,

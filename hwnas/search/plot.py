@@ -57,6 +57,7 @@ def hypervolume_png(path: Path, numbers: Sequence[int], volumes: Sequence[float]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.step(numbers, volumes, where="post", color="tab:blue", marker=".")
     ax.set_xlabel("trial")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -410,6 +410,7 @@ def search(
     """Run (or continue) a study until it has ``trials`` finished trials, counted in the storage,
     so any number of workers (here or on other machines) end with exactly that many."""
     started = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # hwnas reports what a study does itself
     name = check_study_name(study_name or settings.default_name())
     run, costs = _load(run_dir, settings)  # a missing run or predictor fails here, before any worker starts
     url = storage or default_storage(run_dir)
