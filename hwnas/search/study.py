@@ -432,6 +432,7 @@ def search(
             work(job, [lambda study, trial: _tick(bar, study)], (run, costs))
         else:
             _run_workers([job] * min(workers, trials - done), bar, study)
+        _tick(bar, study)  # other workers may have finished the last trials
         bar.close()
     return summary(study, redact(url), settings, time.perf_counter() - started)
 
