@@ -1,6 +1,8 @@
 """A throwaway PostgreSQL 15 server for a test: its own temporary data directory and port, stopped after.
 
-As root, PostgreSQL refuses to run, so the server runs as the ``postgres`` user. The test is skipped
+As root, PostgreSQL refuses to run, so the server runs as the ``postgres`` user. The URL is a plain
+``postgresql://`` one (SQLAlchemy 2.1 maps it to psycopg 3, the ``hwnas[postgres]`` extra);
+:func:`fresh_database` gives a test an empty database of its own on a shared server. The test is skipped
 when the server binaries are absent, unless ``HWNAS_REQUIRE_POSTGRES=1`` (set by ``.ci/run``), where
 their absence fails it.
 """
@@ -55,3 +57,15 @@ def postgres_server() -> Iterator[str]:
     finally:
         run(str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def fresh_database(url: str, name: str) -> str:
+    """Create the empty database ``name`` on the server of ``url``; its URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(url)
+    conninfo = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server.set(database=name).render_as_string(hide_password=False)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,11 +19,14 @@ import pytest
 
 from hwnas.cli import main
 from hwnas.search.encoding import Encoding
+from hwnas.search.hypervolume import hypervolume
+from hwnas.search.storage import redact, scrub, secrets
 from hwnas.search.study import SearchSettings, default_storage, finished, load_study, open_storage, search
 from hwnas.space import NASBNN
+from hwnas.train.checkpoint import load_checkpoint, save_checkpoint
 from hwnas.train.run import read_config
 from hwnas.train.supernet import config_space
-from tests.postgres import postgres_server
+from tests.postgres import fresh_database, postgres_server
 from tests.synthetic import fit_predictor
 from tests.test_space import brute_force
 
@@ -92,11 +97,12 @@ def test_latency_search_records_trials_and_a_valid_front(run_copy):
     study, saved = load_study(open_storage(default_storage(run_copy)), "latency-x86-avx2")
     assert saved == settings
     space = config_space(read_config(run_copy))
+    assert space.stem_widths != NASBNN.stem_widths  # the toy run is scaled: deployed differs from searched
     for trial in finished(study):
         arch = space.parse(trial.user_attrs["arch"])
         assert trial.values[1] == pytest.approx(trial.user_attrs["latency_ms"][TARGETS[0]])
-        assert 0.0 <= trial.values[0] <= 1.0 and NASBNN.parse(trial.user_attrs["deployed"])
-        assert arch == space.translate(arch, NASBNN) or space != NASBNN
+        assert 0.0 <= trial.values[0] <= 1.0
+        assert NASBNN.parse(trial.user_attrs["deployed"]) == space.translate(arch, NASBNN)  # priced at full width
     costs = [p.latency_ms[TARGETS[0]] for p in result.front]
     accs = [p.accuracy for p in result.front]
     assert costs == sorted(costs) and accs == sorted(accs)  # a front: more cost buys more accuracy
@@ -150,28 +156,6 @@ def test_paper_sampler_in_a_search_keeps_nd(run_copy):
         space.validate(space.parse(t.user_attrs["arch"]))
 
 
-def test_killed_search_keeps_every_finished_trial(run_copy):
-    cmd = [sys.executable, "-m", "hwnas", "search", str(run_copy), "--target", TARGETS[0], "--trials", "500"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    storage = open_storage(default_storage(run_copy))
-    deadline = time.monotonic() + 120
-    done = []
-    while time.monotonic() < deadline and len(done) < 3:
-        time.sleep(0.5)
-        try:
-            done = finished(optuna.load_study(study_name="latency-x86-avx2", storage=storage))
-        except KeyError:  # the study is not created yet
-            pass
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    study = optuna.load_study(study_name="latency-x86-avx2", storage=storage)
-    before = {t.number: t.params for t in finished(study)}
-    assert len(before) >= 3
-    result = search(run_copy, SearchSettings("latency", (TARGETS[0],)), trials=len(before) + 2, progress=False)
-    after = {t.number: t.params for t in finished(study)}
-    assert result.trials == len(before) + 2 and all(after[n] == p for n, p in before.items())
-
-
 # ----------------------------------------------------------------- CLI
 
 
@@ -212,11 +196,205 @@ def test_cli_errors_are_one_line(run_copy, tmp_path, capsys, argv, message):
     assert message in err and len(err.splitlines()) == 1, err
 
 
-def test_two_workers_share_one_study_on_postgresql(run_copy):
+# ----------------------------------------------------------------- storage: workers, faults, secrets, names
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> str:
+    """One throwaway PostgreSQL server for the module; each test takes a fresh database on it."""
     with postgres_server() as url:
-        settings = SearchSettings("latency", (TARGETS[0],))
-        result = search(run_copy, settings, trials=6, sampler="tpe", storage=url, workers=2, progress=False)
-        study, _ = load_study(open_storage(url), None)
-        numbers = sorted(t.number for t in study.get_trials())
-        assert result.trials == 6 and numbers == list(range(6))  # no trial lost or duplicated
-        assert search(run_copy, settings, trials=8, storage=url, progress=False).trials == 8
+        yield url
+
+
+@pytest.fixture
+def fast_heartbeat(monkeypatch) -> None:
+    """Heartbeats every second, stale after two: a killed worker's trial is freed within seconds."""
+    monkeypatch.setattr("hwnas.search.storage.HEARTBEAT_S", 1)
+    monkeypatch.setattr("hwnas.search.study.POLL_S", 0.2)
+
+
+def _cli(run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hwnas", "search", str(run), "--target", TARGETS[0], *extra]
+
+
+def _wait_for(study_name: str, url: str, n: int, timeout: float = 180) -> None:
+    storage = open_storage(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(KeyError):
+            if len(finished(optuna.load_study(study_name=study_name, storage=storage))) >= n:
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"{study_name} never had {n} finished trials")
+
+
+def _assert_exact(url: str, name: str, trials: int, run: Path) -> list[optuna.trial.FrozenTrial]:
+    """The study has exactly ``trials`` finished trials, no two for one slot, each anchor once."""
+    study, _ = load_study(open_storage(url), name)
+    done = finished(study)
+    assert len(done) == trials and len({t.number for t in done}) == trials
+    space = config_space(read_config(run))
+    archs = [space.parse(t.user_attrs["arch"]) for t in done]
+    assert archs.count(space.smallest()) == 1 and archs.count(space.largest()) == 1
+    return study.get_trials()
+
+
+@pytest.mark.parametrize("start", ["together", "apart"])
+def test_two_cli_workers_on_a_fresh_postgresql_database_finish_exactly_the_trials(run_copy, pg_server, start):
+    url = fresh_database(pg_server, f"fresh_{start}")
+    secret_url = url.replace("postgres@", "postgres:s3cr3t-pw@")  # trust auth: the password is ignored
+    trials = 12 if start == "together" else 6  # together: the case that raced on table creation
+    cmd = _cli(run_copy, "--trials", str(trials), "--storage", secret_url, "--json")
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    first = subprocess.Popen(cmd, **pipes)
+    if start == "apart":
+        _wait_for("latency-x86-avx2", url, 2)
+    second = subprocess.Popen(cmd, **pipes)
+    outputs = [p.communicate(timeout=600) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    assert len(_assert_exact(url, "latency-x86-avx2", trials, run_copy)) == trials  # none failed or waiting
+    for out, err in outputs:
+        assert json.loads(out)["trials"] == trials and "s3cr3t" not in out + err
+        assert json.loads(out)["storage"] == url.replace("postgres@", "postgres:***@")
+    study, _ = load_study(open_storage(url), None)
+    stored = study.user_attrs, study._storage.get_study_system_attrs(study._study_id)
+    assert "s3cr3t" not in json.dumps(stored)
+    assert study.metric_names == ["accuracy", "latency_ms:x86-avx2"]
+
+
+def test_local_workers_share_one_study_on_postgresql(run_copy, pg_server):
+    url = fresh_database(pg_server, "local_workers")
+    settings = SearchSettings("latency", (TARGETS[0],))
+    result = search(run_copy, settings, trials=4, sampler="tpe", storage=url, workers=2, progress=False)
+    assert result.trials == 4
+    assert [t.number for t in _assert_exact(url, "latency-x86-avx2", 4, run_copy)] == list(range(4))
+    assert search(run_copy, settings, trials=5, storage=url, progress=False).trials == 5
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_kill_9_mid_search_then_rerun_finishes_exactly_the_trials(run_copy, request, fast_heartbeat, backend):
+    url = default_storage(run_copy)
+    if backend == "postgresql":
+        url = fresh_database(request.getfixturevalue("pg_server"), "killed")
+    kill_after = random.Random(backend).randint(1, 3)  # a seeded moment: after this many finished trials
+    proc = subprocess.Popen(
+        _cli(run_copy, "--trials", "6", "--storage", url),
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for("latency-x86-avx2", url, kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    study, _ = load_study(open_storage(url), None)
+    before = {t.number: t.params for t in finished(study)}
+    result = search(run_copy, SearchSettings("latency", (TARGETS[0],)), trials=6, storage=url, progress=False)
+    assert result.trials == 6
+    _assert_exact(url, "latency-x86-avx2", 6, run_copy)
+    after = {t.number: t.params for t in finished(study)}
+    assert all(after[n] == p for n, p in before.items())  # finished trials kept as they were
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_anchor_trial_of_a_dead_worker_is_enqueued_again(run_copy, fast_heartbeat):
+    settings = SearchSettings("latency", (TARGETS[0],))
+    url = default_storage(run_copy)
+    search(run_copy, settings, trials=0, progress=False)  # creates the study and enqueues both anchors
+    study = optuna.load_study(study_name="latency-x86-avx2", storage=open_storage(url))
+    orphan = study.ask()  # a worker takes the first anchor and dies: no tell, no more heartbeats
+    study._storage.record_heartbeat(orphan._trial_id)
+    assert orphan.user_attrs["anchor"] == "smallest"
+    time.sleep(2.5)  # the heartbeat lapses
+    assert search(run_copy, settings, trials=3, sampler="random", progress=False).trials == 3
+    trials = _assert_exact(url, "latency-x86-avx2", 3, run_copy)
+    assert [t.state for t in trials].count(optuna.trial.TrialState.FAIL) == 1
+
+
+def test_a_study_scored_by_other_weights_is_refused(run_copy, capsys):
+    assert main(["search", str(run_copy), "--target", TARGETS[0], "--trials", "2", "--sampler", "random"]) == 0
+    capsys.readouterr()
+    state = load_checkpoint(run_copy / "checkpoint.pt")  # training resumed: new weights, one more epoch
+    next(iter(state["model"].values())).add_(0.5)
+    state["position"]["epoch"] += 1
+    (run_copy / "checkpoint.pt").unlink()
+    save_checkpoint(run_copy / "checkpoint.pt", state)
+    argv = ["search", str(run_copy), "--target", TARGETS[0], "--trials", "3", "--sampler", "random"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "scored by checkpoint" in err and "--study NEWNAME" in err and len(err.splitlines()) == 1, err
+    study, _ = load_study(open_storage(default_storage(run_copy)), "latency-x86-avx2")
+    assert len(finished(study)) == 2  # untouched
+    assert main([*argv, "--study", "retrained"]) == 0
+
+
+def test_password_never_shown_when_the_server_is_unreachable(run_copy, tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://hwnas:pa55-w0rd@127.0.0.1:{port}/studies?sslpassword=k3y-pw"
+    for loud, extra in (([], []), (["-v"], ["--json"])):
+        cmd = [
+            sys.executable,
+            "-m",
+            "hwnas",
+            *loud,
+            "search",
+            str(run_copy),
+            "--target",
+            TARGETS[0],
+            "--storage",
+            url,
+            *extra,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        err = proc.stderr.strip()
+        assert err.startswith("hwnas: error: cannot open storage") and len(err.splitlines()) == 1, err
+        assert "hwnas:***@" in err
+        for secret in ("pa55-w0rd", "k3y-pw"):
+            assert secret not in proc.stdout + proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert not any(b"pa55-w0rd" in p.read_bytes() for p in written)
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql+psycopg://u:p%40ss@h/db?sslmode=require", "postgresql+psycopg://u:***@h/db?sslmode=require"),
+        ("postgresql://u@h/db?password=pw&x=1", "postgresql://u@h/db?password=***&x=1"),
+        ("sqlite:////tmp/run/search.db", "sqlite:////tmp/run/search.db"),
+        ("not a url :pw@", "not a url :pw@"),
+    ],
+)
+def test_redact_masks_every_password(url, shown):
+    assert redact(url) == shown
+    for secret in secrets(url):  # an error quoting the URL, or the password alone, shows neither
+        assert secret not in scrub(f"failed: {url} (password {secret})", url)
+
+
+@pytest.mark.parametrize("command", ["search", "front"])
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "..", "x" * 101])
+def test_study_names_that_could_leave_the_run_are_refused(run_copy, tmp_path, capsys, command, name):
+    if command == "front":
+        search(run_copy, SearchSettings("ops", ()), trials=1, sampler="random", progress=False)
+    before = sorted(tmp_path.rglob("*"))
+    argv = [command, str(run_copy), "--study", name] + (["--target", TARGETS[0]] if command == "search" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad study name" in err and len(err.splitlines()) == 1, err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_front_plots_hypervolume_over_trials(run_copy, tmp_path, capsys):
+    search(run_copy, SearchSettings("latency", (TARGETS[0],)), trials=6, sampler="random", progress=False)
+    assert main(["front", str(run_copy), "--json", "--plot", str(tmp_path / "f.png")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    png = Path(data["hypervolume_plot"])
+    assert png == tmp_path / "f-hypervolume.png" and png.read_bytes()[:4] == b"\x89PNG"
+    numbers, volumes = zip(*data["hypervolume"]["history"], strict=True)
+    assert list(numbers) == sorted(numbers) and len(numbers) == data["feasible"] == 6
+    assert list(volumes) == sorted(volumes) and volumes[-1] > 0  # a front only grows
+    acc_ref, cost_ref = data["hypervolume"]["reference"]
+    front = [(p["accuracy"], p["latency_ms"][TARGETS[0]]) for p in data["front"]]
+    assert volumes[-1] == pytest.approx(hypervolume(front, (acc_ref, cost_ref)))  # the front holds it all

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, log, table
 from hwnas.errors import HwnasError
+from hwnas.search.hypervolume import hypervolume_history
 from hwnas.search.points import Point
 from hwnas.search.samplers import SAMPLERS
 from hwnas.search.study import OBJECTIVES, SearchSettings, existing_storage, front, load_study, search
@@ -90,7 +93,7 @@ def _front_text(points: list[Point], settings: SearchSettings) -> str:
 
 
 def cmd_front(args: argparse.Namespace) -> None:
-    from hwnas.search.plot import front_png
+    from hwnas.search.plot import front_png, hypervolume_png
     from hwnas.search.study import finished, trial_point
 
     study, settings = load_study(existing_storage(args.run, args.storage), args.study)
@@ -110,6 +113,14 @@ def cmd_front(args: argparse.Namespace) -> None:
         label,
         f"study {study.study_name}",
     )
+    progress = _hypervolume_progress(trials, cost)
+    hv_plot = hypervolume_png(
+        plot.with_name(f"{plot.stem}-hypervolume.png"),
+        [n for n, _ in progress["history"]],
+        [v for _, v in progress["history"]],
+        "hypervolume of the feasible trials",
+        f"study {study.study_name}: accuracy x {label}",
+    )
     data = {
         "study": study.study_name,
         "settings": settings.to_json(),
@@ -117,8 +128,19 @@ def cmd_front(args: argparse.Namespace) -> None:
         "feasible": sum(p.feasible for p in trials),
         "front": [p.to_json() for p in points],
         "plot": str(plot),
+        "hypervolume": progress,
+        "hypervolume_plot": str(hv_plot),
     }
-    emit(args, data, _front_text(points, settings) + f"\n{len(trials)} trials; plot: {plot}")
+    emit(args, data, _front_text(points, settings) + f"\n{len(trials)} trials; plots: {plot}, {hv_plot}")
+
+
+def _hypervolume_progress(trials: list[Point], cost: Callable[[Point], float]) -> dict[str, Any]:
+    """Hypervolume of the feasible trials in (accuracy, first cost) after each trial, against the
+    reference (0 accuracy, 1.1 x the costliest feasible trial's cost)."""
+    feasible = sorted((p for p in trials if p.feasible), key=lambda p: p.number)
+    reference = (0.0, 1.1 * max((cost(p) for p in feasible), default=0.0))
+    volumes = hypervolume_history([(p.accuracy, cost(p)) for p in feasible], reference)
+    return {"reference": list(reference), "history": [[p.number, v] for p, v in zip(feasible, volumes, strict=True)]}
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -37,3 +37,8 @@ def hypervolume(points: Sequence[Objectives], reference: Objectives) -> float:
             volume += (cost_ref - cost) * (acc - best)
             best = acc
     return volume
+
+
+def hypervolume_history(points: Sequence[Objectives], reference: Objectives) -> list[float]:
+    """The hypervolume of the first k points, for each k: how a search's front grew, trial by trial."""
+    return [hypervolume(points[: k + 1], reference) for k in range(len(points))]

@@ -43,3 +43,26 @@ def front_png(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def hypervolume_png(path: Path, numbers: Sequence[int], volumes: Sequence[float], ylabel: str, title: str) -> Path:
+    """The hypervolume of the feasible trials so far against the trial number (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hwnas.files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.step(numbers, volumes, where="post", color="tab:blue", marker=".")
+    ax.set_xlabel("trial")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

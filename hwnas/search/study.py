@@ -7,23 +7,30 @@ The settings are saved in the study's user attributes: reopening a study with ot
 refused, and ``hwnas front`` / ``hwnas compare`` read them back.
 
 Storage is an Optuna RDB URL: a SQLite file in the run directory by default, or PostgreSQL for
-several machines. Trials send heartbeats, so the trials of a killed search are marked failed when
-the search is run again, and the study continues from every finished trial (``--trials N`` is the
-number of finished trials wanted, not the number to add).
+several machines. ``--trials N`` is the number of finished trials the study should have, counted in
+the storage: each worker claims its next trial under a lock shared by all workers (complete plus
+running trials stay within N), so workers started together or apart end with exactly N. Trials
+send heartbeats; the trial of a killed worker is failed once its heartbeat lapses, and an anchor
+(smallest or largest subnet) failed so is enqueued again. A study records the checkpoint that
+scored it and is refused to other weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import multiprocessing
+import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, Trial, TrialState
 from tqdm import tqdm
 
@@ -33,13 +40,23 @@ from hwnas.search.encoding import Encoding
 from hwnas.search.objectives import AccuracyOracle, CostModel
 from hwnas.search.points import Point, is_feasible
 from hwnas.search.samplers import make_sampler
+from hwnas.search.storage import StorageLock, heartbeats, open_storage, redact, storage_error
 from hwnas.space import SearchSpace
+from hwnas.train.checkpoint import FILENAME as CHECKPOINT
 from hwnas.train.run import Run, load_run
+
+_log = logging.getLogger(__name__)
 
 OBJECTIVES = ("latency", "ops")
 DB_FILE = "search.db"
 SETTINGS_ATTR = "hwnas"
-HEARTBEAT_S = 10
+WEIGHTS_ATTR = "hwnas_weights"
+WORKERS_ATTR = "hwnas_workers"
+ANCHOR_ATTR = "anchor"
+CLAIMED = (TrialState.COMPLETE, TrialState.RUNNING)
+POLL_S = 1.0
+"""How often a worker waiting for other workers' running trials looks again."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+:=@-]*")
 
 
 @dataclass(frozen=True)
@@ -99,16 +116,14 @@ def existing_storage(run_dir: Path, url: str | None) -> optuna.storages.RDBStora
     return open_storage(url or default_storage(run_dir))
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at ``url``, with heartbeats; one clear line if it cannot be opened."""
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resumption needs
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S)
-    except Exception as exc:  # SQLAlchemy raises many kinds: bad scheme, no driver, no server
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HwnasError(f"cannot open storage {url!r}: {first}") from None
+def check_study_name(name: str) -> str:
+    """``name`` if it is a plain study name: it becomes part of file names (``front-NAME.png``), so
+    no path separator, no leading dot, at most 100 characters."""
+    if not _NAME.fullmatch(name) or len(name) > 100:
+        raise HwnasError(
+            f"bad study name {name!r}: use letters, digits and _ . + : = @ - (no path separator, no leading dot)"
+        )
+    return name
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str | None) -> tuple[optuna.Study, SearchSettings]:
@@ -119,6 +134,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str | None) -> tuple[
             found = ", ".join(names) if names else "none"
             raise HwnasError(f"say which study with --study (studies in the storage: {found})")
         name = names[0]
+    check_study_name(name)
     if name not in names:
         found = ", ".join(names) if names else "none"
         raise HwnasError(f"no study {name!r} in the storage (studies: {found})")
@@ -128,27 +144,70 @@ def load_study(storage: optuna.storages.BaseStorage, name: str | None) -> tuple[
     return study, SearchSettings.from_json(study.user_attrs[SETTINGS_ATTR])
 
 
+def weights_identity(run: Run) -> dict[str, Any]:
+    """What a study records of the supernet that scores it: the checkpoint's SHA-256 and epoch."""
+    digest = hashlib.sha256()
+    with open(run.run_dir / CHECKPOINT, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"checkpoint_sha256": digest.hexdigest(), "epochs": run.epochs_done}
+
+
+def check_weights(study: optuna.Study, weights: dict[str, Any]) -> None:
+    """Refuse a study scored by other weights than ``weights`` (its accuracies would be stale)."""
+    saved = study.user_attrs.get(WEIGHTS_ATTR)
+    if saved is None or saved.get("checkpoint_sha256") != weights["checkpoint_sha256"]:
+        was = (
+            "by weights it did not record"
+            if saved is None
+            else (f"by checkpoint {saved['checkpoint_sha256'][:12]} (epoch {saved['epochs']})")
+        )
+        raise HwnasError(
+            f"study {study.study_name!r} was scored {was}, this run's checkpoint is "
+            f"{weights['checkpoint_sha256'][:12]} (epoch {weights['epochs']}); "
+            "pass --study NEWNAME to start a new study with these weights"
+        )
+
+
 def create_or_check(
     storage: optuna.storages.BaseStorage,
     name: str,
     settings: SearchSettings,
-    anchors: Sequence[dict[str, int]] = (),
+    anchors: Mapping[str, dict[str, int]] | None = None,
+    weights: dict[str, Any] | None = None,
 ) -> optuna.Study:
-    """The study ``name``, created with ``settings`` (and ``anchors``, parameters its first trials
-    evaluate) or checked to have been created with the same settings."""
+    """The study ``name``, created with ``settings``, ``weights`` (the checkpoint's identity) and
+    ``anchors`` (parameters its first trials evaluate, by name), or checked to have been created
+    with the same settings and weights. Run it under the study's :class:`StorageLock`."""
     directions = ["maximize"] + ["minimize"] * len(settings.cost_names)
+    name = check_study_name(name)
     study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
     saved = study.user_attrs.get(SETTINGS_ATTR)
     if saved is None:
-        study.set_user_attr(SETTINGS_ATTR, settings.to_json())
-        for params in anchors:
-            study.enqueue_trial(params)
+        with warnings.catch_warnings():  # metric names are experimental; dashboards and plots show them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["accuracy", *settings.cost_names])
+        if weights is not None:
+            study.set_user_attr(WEIGHTS_ATTR, weights)
+        for anchor, params in (anchors or {}).items():
+            study.enqueue_trial(params, user_attrs={ANCHOR_ATTR: anchor})
+        study.set_user_attr(SETTINGS_ATTR, settings.to_json())  # last: a study with settings is complete
     elif SearchSettings.from_json(saved) != settings:
         raise HwnasError(
             f"study {name!r} was created with {SearchSettings.from_json(saved)}; "
             f"these settings are {settings}; pass --study NAME to start another study"
         )
+    elif weights is not None:
+        check_weights(study, weights)
     return study
+
+
+def requeue_anchor(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Heartbeat callback: an anchor trial whose worker died is enqueued again (else it is lost)."""
+    anchor = trial.user_attrs.get(ANCHOR_ATTR)
+    if anchor is not None:
+        _log.info("anchor %s (trial %d) was failed as stale; enqueued again", anchor, trial.number)
+        study.enqueue_trial(trial.system_attrs.get("fixed_params") or trial.params, user_attrs={ANCHOR_ATTR: anchor})
 
 
 def trial_point(trial: FrozenTrial) -> Point:
@@ -204,7 +263,7 @@ class TrialObjective:
 
 @dataclass(frozen=True)
 class Job:
-    """One worker's share of a search (picklable, for spawned worker processes)."""
+    """What one worker process needs to work on a study (picklable, for spawned workers)."""
 
     run_dir: Path
     settings: SearchSettings
@@ -213,7 +272,6 @@ class Job:
     sampler: str
     seed: int
     trials: int
-    total: int
     threads: int | None = None
 
 
@@ -225,19 +283,76 @@ def first_cost(costs: CostModel, settings: SearchSettings) -> Callable[[Arch], f
 
 
 def work(job: Job, callbacks: list[Callable] | None = None, loaded: tuple[Run, CostModel] | None = None) -> None:
-    """Run ``job.trials`` trials of the study in this process (``loaded``: the run and cost model, if
-    this process has them already)."""
+    """Claim and run trials of the study in this process until it has ``job.trials`` finished ones
+    (``loaded``: the run and cost model, if this process has them already)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run, costs = loaded or _load(job.run_dir, job.settings)
-    encoding = Encoding(run.space)
-    budget = job.settings.budget_mops if job.settings.objective == "ops" else job.settings.budget_ms
-    sampler = make_sampler(job.sampler, job.seed, encoding, first_cost(costs, job.settings), budget, job.total)
-    study = optuna.load_study(study_name=job.study, storage=open_storage(job.storage), sampler=sampler)
-    oracle = AccuracyOracle(run, job.threads)
-    for trial in finished(study):
-        oracle.cache[Arch.from_json(trial.user_attrs["arch"])] = trial.values[0]
-    objective = TrialObjective(encoding, oracle, costs, job.settings)
-    study.optimize(objective, n_trials=job.trials, callbacks=callbacks or [], gc_after_trial=False)
+    store = open_storage(job.storage, on_stale=requeue_anchor)
+    lock = StorageLock(job.storage, f"study:{job.study}")
+    try:
+        with lock:  # a worker number: workers on one study sample with different seeds
+            study = optuna.load_study(study_name=job.study, storage=store)
+            check_weights(study, weights_identity(run))
+            index = study.user_attrs.get(WORKERS_ATTR, 0)
+            study.set_user_attr(WORKERS_ATTR, index + 1)
+        encoding = Encoding(run.space)
+        budget = job.settings.budget_mops if job.settings.objective == "ops" else job.settings.budget_ms
+        cost = first_cost(costs, job.settings)
+        study.sampler = make_sampler(job.sampler, job.seed + index, encoding, cost, budget, job.trials)
+        oracle = AccuracyOracle(run, job.threads)
+        for trial in finished(study):
+            oracle.cache[Arch.from_json(trial.user_attrs["arch"])] = trial.values[0]
+        objective = TrialObjective(encoding, oracle, costs, job.settings)
+        while (trial := claim(study, job.trials, lock)) is not None:
+            frozen = _evaluate(study, store, trial, objective)
+            for callback in callbacks or []:
+                callback(study, frozen)
+    except sqlalchemy.exc.SQLAlchemyError as exc:  # the server went away mid-search, say
+        raise storage_error(job.storage, exc, "search lost its storage") from None
+    finally:
+        lock.close()
+
+
+def claim(study: optuna.Study, trials: int, lock: StorageLock) -> Trial | None:
+    """The next trial for this worker, or None once the study has ``trials`` finished trials.
+
+    Under the lock: fail stale trials (re-enqueueing anchors), count finished and running trials
+    in the storage, and start a trial only while they are fewer than ``trials``; otherwise wait
+    for the running ones (a dead worker's trial goes stale and its slot is freed).
+    """
+    while True:
+        with lock, warnings.catch_warnings():
+            # fail_stale_trials is marked experimental, and ask() warns that heartbeats are meant
+            # for optimize(): this loop sends them itself (see heartbeats)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            optuna.storages.fail_stale_trials(study)
+            states = [t.state for t in study.get_trials(deepcopy=False, states=CLAIMED)]
+            done = states.count(TrialState.COMPLETE)
+            if done >= trials:
+                return None
+            if len(states) < trials:
+                trial = study.ask()
+                study._storage.record_heartbeat(trial._trial_id)  # stale-checked from its first moment
+                return trial
+        time.sleep(POLL_S)
+
+
+def _evaluate(
+    study: optuna.Study, store: optuna.storages.RDBStorage, trial: Trial, objective: TrialObjective
+) -> FrozenTrial:
+    """Run ``objective`` on ``trial`` with heartbeats and tell the study how it ended."""
+    try:
+        with heartbeats(store, trial._trial_id):
+            values = objective(trial)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    try:
+        return study.tell(trial, values)
+    except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile (a lost connection)
+        _log.warning("trial %d was failed as stale while it ran; its result is dropped", trial.number)
+        return study._storage.get_trial(trial._trial_id)
 
 
 def _load(run_dir: Path, settings: SearchSettings) -> tuple[Run, CostModel]:
@@ -292,36 +407,42 @@ def search(
     workers: int = 1,
     progress: bool = True,
 ) -> SearchResult:
-    """Run (or continue) a study until it has ``trials`` finished trials; K workers share the rest."""
+    """Run (or continue) a study until it has ``trials`` finished trials, counted in the storage,
+    so any number of workers (here or on other machines) end with exactly that many."""
     started = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # hwnas reports what a study does itself
+    name = check_study_name(study_name or settings.default_name())
     run, costs = _load(run_dir, settings)  # a missing run or predictor fails here, before any worker starts
     url = storage or default_storage(run_dir)
-    store = open_storage(url)
-    name = study_name or settings.default_name()
-    study = create_or_check(store, name, settings, [] if sampler == "paper" else _anchors(run.space))
-    left = trials - len(finished(study))
-    if left > 0:
-        shares = [left // workers + (i < left % workers) for i in range(workers)]
-        jobs = [
-            Job(run_dir, settings, url, name, sampler, seed + i, n, trials, 1 if workers > 1 else None)
-            for i, n in enumerate(shares)
-            if n
-        ]
-        bar = tqdm(total=trials, initial=trials - left, desc=f"search {name}", unit="trial", disable=not progress)
-        if len(jobs) == 1:
-            work(jobs[0], [lambda study, trial: _tick(bar, study)], (run, costs))
+    store = open_storage(url, on_stale=requeue_anchor)
+    lock = StorageLock(url, f"study:{name}")
+    try:
+        with lock:
+            anchors = {} if sampler == "paper" else _anchors(run.space)
+            study = create_or_check(store, name, settings, anchors, weights_identity(run))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise storage_error(url, exc, "cannot create study in") from None
+    finally:
+        lock.close()
+    done = len(finished(study))
+    if done < trials:
+        bar = tqdm(total=trials, initial=done, desc=f"search {name}", unit="trial", disable=not progress)
+        job = Job(run_dir, settings, url, name, sampler, seed, trials, 1 if workers > 1 else None)
+        if workers == 1:
+            work(job, [lambda study, trial: _tick(bar, study)], (run, costs))
         else:
-            _run_workers(jobs, bar, study)
+            _run_workers([job] * min(workers, trials - done), bar, study)
+        _tick(bar, study)  # other workers may have finished the last trials
         bar.close()
-    return summary(study, url, settings, time.perf_counter() - started)
+    return summary(study, redact(url), settings, time.perf_counter() - started)
 
 
-def _anchors(space: SearchSpace) -> list[dict[str, int]]:
+def _anchors(space: SearchSpace) -> dict[str, dict[str, int]]:
     """The smallest and the largest subnet: the two the sandwich rule trains at every step, so the
     best-trained ends of the front, evaluated first by every Optuna sampler (the paper's evolution
     keeps its own random start)."""
     encoding = Encoding(space)
-    return [encoding.encode(space.smallest()), encoding.encode(space.largest())]
+    return {"smallest": encoding.encode(space.smallest()), "largest": encoding.encode(space.largest())}
 
 
 def _tick(bar: tqdm, study: optuna.Study) -> None:
