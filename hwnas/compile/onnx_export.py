@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwnas.compile.fold import Activation, FoldedConv, FoldedNet
+from hwnas.files import atomic_path
 from hwnas.model.binary import pad_binary, sign
 from hwnas.model.layers import shortcut
 
@@ -85,8 +86,9 @@ def export_onnx(net: FoldedNet, path: str | Path) -> Path:
     path = Path(path)
     module = FoldedModule(net).eval()
     image = torch.zeros(1, 3, net.resolution, net.resolution)
-    torch.onnx.export(
-        module, (image,), str(path), dynamo=False, input_names=["image"], output_names=["logits"], opset_version=17
-    )
-    onnx.checker.check_model(onnx.load(str(path)))
+    with atomic_path(path) as tmp:  # checked before it replaces ``path``
+        torch.onnx.export(
+            module, (image,), str(tmp), dynamo=False, input_names=["image"], output_names=["logits"], opset_version=17
+        )
+        onnx.checker.check_model(onnx.load(str(tmp)))
     return path

@@ -1,21 +1,24 @@
 """Atomic, versioned checkpoints: a run killed at any moment keeps its last complete checkpoint.
 
-A checkpoint is written to a temporary file in the same directory, flushed to disk (fsync) and
-renamed over the old one with ``os.replace``, so the file on disk is always either the previous
+A checkpoint is written with :func:`hwnas.files.atomic_path` (a temporary file in the same
+directory, fsynced, renamed over the old one), so the file on disk is always either the previous
 or the new checkpoint. It is read with ``torch.load(weights_only=True)`` (tensors and plain
 Python values only); anything truncated, foreign or of another format version is one HwnasError.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_path
+from hwnas.locks import dir_lock
 
 MAGIC = "hwnas-checkpoint"
 FORMAT_VERSION = 1
@@ -24,17 +27,11 @@ FILENAME = "checkpoint.pt"
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"magic": MAGIC, "format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        try:
+            torch.save({"magic": MAGIC, "format_version": FORMAT_VERSION, **state}, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a full disk as a RuntimeError
+            raise OSError(errno.EIO, f"{str(exc).strip()[:120]}") from None
 
 
 def check_resume(run_dir: Path, resume: bool, what: str = "run") -> None:
@@ -44,6 +41,20 @@ def check_resume(run_dir: Path, resume: bool, what: str = "run") -> None:
         raise HwnasError(f"nothing to resume: no checkpoint in {run_dir}")
     if not resume and has_checkpoint:
         raise HwnasError(f"{run_dir} already holds a {what}; pass --resume to continue it or choose another --out")
+
+
+@contextmanager
+def claim(run_dir: Path, resume: bool, what: str = "run", main: bool = True) -> Iterator[None]:
+    """Hold ``run_dir``'s lock (the main process) and check it can be started or resumed.
+
+    A resume of a directory without a checkpoint fails before anything is created; the check is
+    repeated under the lock, since another command may have written a checkpoint meanwhile.
+    """
+    if resume:
+        check_resume(run_dir, resume, what)
+    with dir_lock(run_dir, what) if main else nullcontext():
+        check_resume(run_dir, resume, what)
+        yield
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -64,15 +75,3 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path}: checkpoint format version {state.get('format_version')!r}, this hwnas reads {FORMAT_VERSION}"
         )
     return state
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import tomllib
 
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write_text
 
 TEACHERS = ("fwba", "bwba", "fwfa")
 Config = TypeVar("Config")
@@ -59,7 +60,7 @@ class TrainConfig:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str) -> TrainConfig:

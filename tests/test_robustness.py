@@ -1,0 +1,181 @@
+"""Nothing lost, nothing stale (issue 18): resumes that do not fit write nothing, files are replaced
+atomically, torn metric lines are tolerated, run directories are locked, bad input is one line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwnas.cli import main
+from hwnas.errors import HwnasError
+from hwnas.train.checkpoint import FILENAME, load_checkpoint
+from hwnas.train.loop import METRICS, read_metrics
+from hwnas.train.run import train_supernet
+from tests.conftest import tiny
+from tests.test_train_cli import TINY_FLAGS, _error_line
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` with its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def _short_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("short") / "run"
+    train_supernet(tiny(epochs=2, max_steps=21, eval_every=1), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def short_run(_short_run: Path, tmp_path: Path, capsys) -> Path:
+    """A copy of a run of one finished epoch (metrics.jsonl has a line) stopped 2 steps into the second."""
+    capsys.readouterr()  # the training's progress bars
+    return Path(shutil.copytree(_short_run, tmp_path / "run"))
+
+
+# ----------------------------------------------------------------- 1. resume validates before writing
+
+
+def test_resume_with_another_width_writes_nothing(capsys, short_run: Path) -> None:
+    before = snapshot(short_run)
+    argv = ["train", "--out", str(short_run), "--resume", "--width-mult", "0.25"]
+    err = _error_line(capsys, argv)
+    assert "does not fit" in err and "width_mult 0.125 -> 0.25" in err and "nothing was written" in err
+    assert snapshot(short_run) == before
+    assert main(["train", "--out", str(short_run), "--resume", "--max-steps", "23", "--json"]) == 0  # still resumes
+    assert json.loads(capsys.readouterr().out)["run_dir"] == str(short_run)
+    assert load_checkpoint(short_run / FILENAME)["position"]["global_step"] == 23
+
+
+def test_finetune_resume_with_another_arch_writes_nothing(capsys, toy_run: Path, tmp_path: Path) -> None:
+    from hwnas.train.run import load_run
+
+    space = load_run(toy_run).space
+    (tmp_path / "small.json").write_text(space.smallest().dumps())
+    (tmp_path / "large.json").write_text(space.largest().dumps())
+    ft = tmp_path / "ft"
+    argv = ["finetune", str(toy_run), "--out", str(ft), "--epochs", "1", "--max-steps", "2"]
+    assert main([*argv[:2], str(tmp_path / "small.json"), *argv[2:]]) == 0
+    capsys.readouterr()
+    before = snapshot(ft)
+    err = _error_line(capsys, [*argv[:2], str(tmp_path / "large.json"), *argv[2:], "--resume"])
+    assert "does not fit" in err
+    assert snapshot(ft) == before
+
+
+# ----------------------------------------------------------------- 3. a torn last line of metrics.jsonl
+
+
+def test_torn_metrics_line_is_tolerated_and_trimmed_atomically(capsys, short_run: Path, tmp_path: Path) -> None:
+    metrics = short_run / METRICS
+    whole = metrics.read_text()
+    assert len(whole.splitlines()) == 1
+    metrics.write_text(whole + '{"epoch": 2, "loss": 0.')  # killed while appending epoch 2's line
+    assert [row["epoch"] for row in read_metrics(metrics)] == [1]
+    assert main(["plot-run", str(short_run), "-o", str(tmp_path / "c.png")]) == 0
+    train_supernet(tiny(epochs=2, max_steps=22), short_run, resume=True)  # the resume trims the torn line
+    assert metrics.read_text() == whole
+    capsys.readouterr()
+    metrics.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')  # damaged in the middle: not silently skipped
+    assert "line 2 is not an epoch's metrics" in _error_line(capsys, ["plot-run", str(short_run)])
+
+
+# ----------------------------------------------------------------- 8. locked directories
+
+
+def test_second_writer_of_a_run_is_refused_and_the_lock_dies_with_its_holder(capsys, short_run: Path) -> None:
+    # a process that holds the lock the way a running `hwnas train` does, then waits
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from hwnas.locks import dir_lock\n"
+            f"with dir_lock({str(short_run)!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(short_run)
+        err = _error_line(capsys, ["train", "--out", str(short_run), "--resume", "--max-steps", "22"])
+        assert "in use by another hwnas command" in err
+        with pytest.raises(HwnasError, match="in use"):
+            train_supernet(tiny(epochs=2), short_run, resume=True)
+        assert snapshot(short_run) == before
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock
+        holder.wait()
+    train_supernet(tiny(epochs=2, max_steps=22), short_run, resume=True)
+    assert load_checkpoint(short_run / FILENAME)["position"]["global_step"] == 22
+
+
+def test_resume_of_a_missing_directory_creates_nothing(capsys, tmp_path: Path) -> None:
+    assert "not a training run" in _error_line(capsys, ["train", "--out", str(tmp_path / "no"), "--resume"])
+    with pytest.raises(HwnasError, match="nothing to resume"):
+        train_supernet(tiny(), tmp_path / "no", resume=True)
+    assert not (tmp_path / "no").exists()
+
+
+# ----------------------------------------------------------------- 2. atomic writes, 9. a full disk
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every atomic write fails as on a full disk, after its temporary file was written."""
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("hwnas.files.os.fsync", fsync)
+
+
+def test_full_disk_keeps_every_old_file(capsys, monkeypatch, short_run: Path, tmp_path: Path) -> None:
+    from hwnas.detect.config import DetectConfig
+    from hwnas.train.data import build_splits, load_indices, save_indices
+
+    before = snapshot(short_run)
+    config = tiny(epochs=2)
+    splits = build_splits(config, load_indices(short_run / "splits.json"))
+    (tmp_path / "curves.png").write_bytes(b"old")
+    (tmp_path / "arch.json").write_text("old")
+    _full_disk(monkeypatch)
+    writers = [
+        lambda: config.save(short_run / "config.json"),
+        lambda: save_indices(splits, short_run / "splits.json"),
+        lambda: DetectConfig().save(short_run / "config.json"),
+    ]
+    for write in writers:
+        with pytest.raises(HwnasError, match="No space left on device"):
+            write()
+    err = _error_line(capsys, ["plot-run", str(short_run), "-o", str(tmp_path / "curves.png")])
+    assert err.startswith(f"hwnas: error: cannot write {tmp_path / 'curves.png'}: No space left")
+    err = _error_line(capsys, ["sample", "--smallest", "-o", str(tmp_path / "arch.json")])
+    assert "No space left" in err
+    assert (tmp_path / "curves.png").read_bytes() == b"old" and (tmp_path / "arch.json").read_text() == "old"
+    assert snapshot(short_run) == before  # and no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["arch.json", "curves.png"]
+    err = _error_line(capsys, ["train", "--out", str(short_run), "--resume", "--max-steps", "22"])
+    assert "No space left" in err  # the checkpoint could not be written: one line, the old one kept
+    assert load_checkpoint(short_run / FILENAME)["position"]["global_step"] == 21
+
+
+def test_unwritable_output_path_is_one_line(capsys, monkeypatch, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    err = _error_line(capsys, ["sample", "--smallest", "-o", str(tmp_path / "file" / "a.json")])
+    assert err.startswith(f"hwnas: error: cannot write {tmp_path / 'file' / 'a.json'}: ")
+    assert "cannot lock" in _error_line(capsys, ["train", "--out", str(tmp_path / "file" / "run"), *TINY_FLAGS])
+
+    def denied(*args, **kwargs):  # a directory the user may not write to (tests may run as root)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr("hwnas.files.tempfile.mkstemp", denied)
+    err = _error_line(capsys, ["sample", "--smallest", "-o", str(tmp_path / "a.json")])
+    assert err == f"hwnas: error: cannot write {tmp_path / 'a.json'}: Permission denied"
