@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,151 @@ def test_unwritable_output_path_is_one_line(capsys, monkeypatch, tmp_path: Path)
     monkeypatch.setattr("hwnas.files.tempfile.mkstemp", denied)
     err = _error_line(capsys, ["sample", "--smallest", "-o", str(tmp_path / "a.json")])
     assert err == f"hwnas: error: cannot write {tmp_path / 'a.json'}: Permission denied"
+
+
+# ----------------------------------------------------------------- 6. pipeline steps and an incomplete profile
+
+
+def test_failed_profile_jobs_exit_non_zero_then_a_rerun_finishes(capsys, monkeypatch, tmp_path: Path) -> None:
+    from tests.fake_device import install
+
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    argv = ["profile", "--target", "local", "--layers", "4", "--resolution", "32", "--json"]
+    with monkeypatch.context() as m:
+        install(m.setattr, fail=lambda label: label.startswith(("stem", "layer")))
+        assert main(argv) == 2
+    out, err = capsys.readouterr()
+    report = json.loads(out)  # the report still comes, then one line
+    assert report["unmeasured"]["layers"] == 4 and report["unmeasured"]["parts"] > 0
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("hwnas: error: profile of local incomplete: ") and "jobs unmeasured" in line
+    install(monkeypatch.setattr)
+    assert main(argv) == 0
+    assert not any(json.loads(capsys.readouterr().out)["unmeasured"].values())
+
+
+def test_pipeline_steps_rerun_when_incomplete_changed_or_deleted(monkeypatch, tmp_path: Path) -> None:
+    from hwnas.commands.pipeline import Steps
+
+    calls: list[str] = []
+
+    def step(name: str, fail: bool = False):
+        def run() -> dict:
+            calls.append(name)
+            if fail:
+                raise HwnasError(f"{name} failed")
+            (tmp_path / f"{name}.out").write_text(name)
+            return {"file": str(tmp_path / f"{name}.out")}
+
+        return run
+
+    def pipeline(flags: dict, fail: bool = False) -> None:
+        steps = Steps(tmp_path)
+        steps.run("a", step("a"), flags, outputs=lambda r: [Path(r["file"])])
+        steps.run("b", step("b", fail), after=("a",))
+        steps.run("c", step("c"))
+
+    with pytest.raises(HwnasError, match="b failed"):
+        pipeline({"n": 1}, fail=True)
+    assert calls == ["a", "b"] and not (tmp_path / "b.json").exists()  # a failed step is not done
+    pipeline({"n": 1})
+    assert calls[2:] == ["b", "c"]  # a reused, b redone
+    pipeline({"n": 1})
+    assert calls[4:] == []  # everything reused
+    pipeline({"n": 2})
+    assert calls[4:] == ["a", "b"]  # a's flags changed, b read from it; c did not
+    (tmp_path / "a.out").unlink()
+    pipeline({"n": 2})
+    assert calls[6:] == ["a"]  # a's output deleted: a redone, and as it made the same, b still holds
+    (tmp_path / "a.out").write_text("edited")
+    (tmp_path / "c.json").write_text('{"format": 1, "step": "c", "res')  # torn
+    pipeline({"n": 2})
+    assert calls[7:] == ["a", "c"]
+    record = json.loads((tmp_path / "a.json").read_text())
+    assert record["flags"] == {"n": 2} and list(record["outputs"]) == [str(tmp_path / "a.out")]
+
+
+def test_empty_front_is_one_line() -> None:
+    from hwnas.commands import pipeline
+
+    with pytest.raises(HwnasError, match="empty front"):
+        pipeline.check_front({"front": [], "trials": 3}, "ops", {"budget_mops": 1.0})
+
+
+# ----------------------------------------------------------------- 9. one-line errors for bad files
+
+
+def test_files_that_are_not_utf8_are_one_line(capsys, monkeypatch, tmp_path: Path) -> None:
+    from hwnas.targets.target import user_targets_dir
+
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    binary = b"\xff\xfe\x00garbage\x80"
+    (tmp_path / "arch.json").write_bytes(binary)
+    assert "not a text file" in _error_line(capsys, ["show", str(tmp_path / "arch.json")])
+    user_targets_dir().mkdir(parents=True)
+    (user_targets_dir() / "mine.toml").write_bytes(binary)
+    assert "mine.toml: not a text file" in _error_line(capsys, ["profile", "--target", "mine"])
+    (tmp_path / "c.toml").write_bytes(binary)
+    assert "not a text file" in _error_line(capsys, ["train", "--config", str(tmp_path / "c.toml")])
+
+
+def test_corrupt_or_locked_store_is_one_line(capsys, monkeypatch, tmp_path: Path) -> None:
+    from hwnas.targets.store import Key, Store
+
+    path = tmp_path / "m.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(HwnasError, match="is damaged"):
+        Store(path, "fp", "v")
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "measurements").mkdir(parents=True)
+    (tmp_path / "home" / "measurements" / "local.sqlite").write_bytes(b"\x00" * 4096)
+    assert "is damaged" in _error_line(capsys, ["profile", "--target", "local", "--layers", "1"])
+    good = tmp_path / "good.sqlite"
+    monkeypatch.setattr("hwnas.targets.store.LOCK_TIMEOUT_S", 0.1)
+    with Store(good, "fp", "v") as store:
+        other = sqlite3.connect(good)
+        other.execute("BEGIN EXCLUSIVE")  # another process writing, past the timeout
+        try:
+            with pytest.raises(HwnasError, match="is locked by another process"):
+                store.add(Key.of("layer", {"c": 1}, 32), [1.0])
+        finally:
+            other.rollback()
+            other.close()
+
+
+def test_broken_library_is_one_line(tmp_path: Path) -> None:
+    from hwnas.compile.deploy import CompiledNet
+
+    (tmp_path / "net.so").write_bytes(b"\x7fELF truncated")
+    with pytest.raises(HwnasError, match="not a loadable compiled library"):
+        CompiledNet.load(tmp_path / "net.so")
+
+
+# ----------------------------------------------------------------- 10. a target's cc is a program hwnas runs
+
+
+@pytest.mark.parametrize(
+    ("cc", "ok"),
+    [
+        ("aarch64-linux-gnu-gcc", True),
+        ("g++", True),
+        ("/bin/sh", True),
+        ("./build.sh", False),
+        ("tools/cc", False),
+        ("gcc -fplugin=x.so", False),
+        ("gcc;rm -rf ~", False),
+        ("/nonexistent/cc", False),
+        ("-o", False),
+    ],
+)
+def test_target_cc_is_a_command_name_or_an_absolute_executable(tmp_path: Path, cc: str, ok: bool) -> None:
+    from hwnas.targets.target import TargetError, read_target
+
+    path = tmp_path / "board.toml"
+    text = '[tvm]\nkind = "llvm"\n[connection]\nkind = "rpc"\nhost = "h"\nport = 9090\n[export]\ncc = '
+    path.write_text(text + json.dumps(cc) + "\n")
+    if ok:
+        assert read_target(path).cc == cc
+    else:
+        with pytest.raises(TargetError, match=r"export\.cc"):
+            read_target(path)

@@ -116,6 +116,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise HwnasError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise HwnasError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise HwnasError(f"{path}: not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise HwnasError(f"cannot read the config file {path}: {exc.strerror}") from None
 
 
 def add_override_flags(parser: argparse.ArgumentParser, base: Any = TrainConfig()) -> None:

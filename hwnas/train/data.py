@@ -64,8 +64,8 @@ def save_indices(splits: Splits, path: Path) -> None:
 
 def load_indices(path: Path) -> dict[str, list[int]]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise HwnasError(f"cannot read the split indices {path}: {exc}") from None
 
 

@@ -163,8 +163,8 @@ def train_loop(
     if d.main:
         if prepare is not None:
             prepare()
+        _trim_metrics(run_dir / METRICS, pos.epoch)  # a fresh start over a deleted checkpoint: all lines
         if resume:
-            _trim_metrics(run_dir / METRICS, pos.epoch)
             _log.info(f"resuming {run_dir} at epoch {pos.epoch + 1}, step {pos.step} ({pos.global_step} steps done)")
     model = objective
     if d.world > 1:
