@@ -39,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_path, _mode(tmp_path))
         os.replace(tmp_path, path)
     except OSError as exc:  # a full disk, a read-only or vanished directory
         tmp_path.unlink(missing_ok=True)
@@ -47,6 +48,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _mode(tmp: Path) -> int:
+    """The permissions a plainly created file would have (``mkstemp`` makes it owner-only); a
+    linker's executable output keeps its execute bits."""
+    executable = tmp.stat().st_mode & 0o111
+    return (0o777 if executable else 0o666) & ~_UMASK
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 def write_error(path: Path, exc: OSError) -> HwnasError:

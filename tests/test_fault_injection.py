@@ -59,13 +59,15 @@ def uninterrupted(tmp_path_factory) -> dict:
     return whole.state_dict()
 
 
-@pytest.mark.parametrize("moment", ["step-seed-0", "metrics-appended"])
+@pytest.mark.parametrize("moment", ["config-written", "step-seed-0", "metrics-appended"])
 def test_train_killed_then_plain_resume_is_bit_exact(capsys, uninterrupted: dict, tmp_path: Path, moment: str) -> None:
     run_dir = tmp_path / "run"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in CONFIG.to_json().items() if not isinstance(v, bool)]
     argv = [sys.executable, "-m", "hwnas", "train", "--out", str(run_dir), *flags]
     if moment == "metrics-appended":  # between the epoch's metrics line and its checkpoint, or just after
         kill_when(argv, lambda: (run_dir / METRICS).exists())
+    elif moment == "config-written":  # most often before the first checkpoint
+        kill_when(argv, lambda: (run_dir / "config.json").exists())
     else:
         at = random.Random(int(moment[-1])).randint(1, 17)
         kill_when(argv, lambda: _step(run_dir) >= at)

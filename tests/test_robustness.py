@@ -119,6 +119,14 @@ def test_second_writer_of_a_run_is_refused_and_the_lock_dies_with_its_holder(cap
     assert load_checkpoint(short_run / FILENAME)["position"]["global_step"] == 22
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_over(capsys, short_run: Path) -> None:
+    (short_run / FILENAME).unlink()  # as if killed during its first minutes
+    (short_run / METRICS).unlink()
+    assert main(["train", "--out", str(short_run), "--resume", "--max-steps", "1", "--json"]) == 0
+    assert "stopped before its first checkpoint" in capsys.readouterr().err
+    assert load_checkpoint(short_run / FILENAME)["position"]["global_step"] == 1
+
+
 def test_resume_of_a_missing_directory_creates_nothing(capsys, tmp_path: Path) -> None:
     assert "not a training run" in _error_line(capsys, ["train", "--out", str(tmp_path / "no"), "--resume"])
     with pytest.raises(HwnasError, match="nothing to resume"):
@@ -328,3 +336,39 @@ def test_target_cc_is_a_command_name_or_an_absolute_executable(tmp_path: Path, c
     else:
         with pytest.raises(TargetError, match=r"export\.cc"):
             read_target(path)
+
+
+def test_bad_coco_annotations_and_images_are_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("pycocotools")
+    from hwnas.detect.data import load_data
+    from hwnas.detect.synthetic import SyntheticSpec, annotation_file, ensure_synthetic, image_dir
+
+    root = ensure_synthetic(SyntheticSpec(canvas=32, train=2, val=1, max_digits=1, min_size=12, max_size=16), tmp_path)
+    train = root / annotation_file("train")
+    good = json.loads(train.read_text())
+    train.write_text(json.dumps([good]))
+    with pytest.raises(HwnasError, match="top level is not an object"):
+        load_data(f"coco:{root}")
+    for key in ("bbox", "category_id"):
+        broken = {**good, "annotations": [{k: v for k, v in a.items() if k != key} for a in good["annotations"]]}
+        train.write_text(json.dumps(broken))
+        with pytest.raises(HwnasError, match=f"not usable COCO annotations .*{key}"):
+            load_data(f"coco:{root}")
+    train.write_text(json.dumps(good))
+    data = load_data(f"coco:{root}")
+    data.train[0]
+    name = data.train.coco.loadImgs(data.train.ids[1])[0]["file_name"]
+    (root / image_dir("train") / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # fails mid-training
+    with pytest.raises(HwnasError, match=f"{name}: cannot decode the image"):
+        data.train[1]
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    from hwnas.files import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask

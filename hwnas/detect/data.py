@@ -139,6 +139,9 @@ def open_split(root: Path, split: str, flip: bool = False) -> CocoImages:
         raise HwnasError(
             f"{root / annotation_file(split)}: not COCO annotations (the top level is not an object)"
         ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:  # pycocotools indexes images, annotations and categories by these keys
         where = root / annotation_file(split)
-        raise HwnasError(f"{where}: not usable COCO annotations ({type(exc).__name__}: {exc})") from None
+        raise HwnasError(f"{where}: not usable COCO annotations (an entry lacks the key {exc})") from None
+    except (OSError, ValueError, TypeError) as exc:
+        where = root / annotation_file(split)
+        raise HwnasError(f"{where}: not usable COCO annotations ({exc})") from None

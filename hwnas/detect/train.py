@@ -53,7 +53,7 @@ class DetectObjective(SameNetwork, nn.Module):
 def train_detector(run: Run, arch: Arch, config: DetectConfig, out_dir: Path, resume: bool = False) -> dict:
     """Train (or resume) a detector over ``arch`` of ``run``'s supernet into ``out_dir``; the last epoch's metrics."""
     d = init_distributed(config.threads)
-    with claim(out_dir, resume, "detector", d.main):
+    with claim(out_dir, resume, "detector", d.main) as resume:
         return _train(run, arch, config, out_dir, resume, d)
 
 

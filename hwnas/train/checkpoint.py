@@ -9,6 +9,7 @@ Python values only); anything truncated, foreign or of another format version is
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -23,6 +24,7 @@ from hwnas.locks import dir_lock
 MAGIC = "hwnas-checkpoint"
 FORMAT_VERSION = 1
 FILENAME = "checkpoint.pt"
+_log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -34,18 +36,28 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             raise OSError(errno.EIO, f"{str(exc).strip()[:120]}") from None
 
 
-def check_resume(run_dir: Path, resume: bool, what: str = "run") -> None:
-    """Refuse to resume a directory without a checkpoint, or to start afresh over one."""
+def check_resume(run_dir: Path, resume: bool, what: str = "run") -> bool:
+    """Whether to resume: refuse to resume a directory without a checkpoint, or to start afresh over one.
+
+    A run stopped before its first checkpoint (its ``config.json`` was written, no checkpoint
+    yet) has nothing to resume from, but a plain ``--resume`` starts it again from the beginning,
+    which is what it would have done.
+    """
     has_checkpoint = (run_dir / FILENAME).exists()
     if resume and not has_checkpoint:
+        if (run_dir / "config.json").is_file():
+            _log.warning(f"{run_dir} stopped before its first checkpoint: starting the {what} from the beginning")
+            return False
         raise HwnasError(f"nothing to resume: no checkpoint in {run_dir}")
     if not resume and has_checkpoint:
         raise HwnasError(f"{run_dir} already holds a {what}; pass --resume to continue it or choose another --out")
+    return resume
 
 
 @contextmanager
-def claim(run_dir: Path, resume: bool, what: str = "run", main: bool = True) -> Iterator[None]:
-    """Hold ``run_dir``'s lock (the main process) and check it can be started or resumed.
+def claim(run_dir: Path, resume: bool, what: str = "run", main: bool = True) -> Iterator[bool]:
+    """Hold ``run_dir``'s lock (the main process) and check it can be started or resumed; yields
+    whether to resume (see :func:`check_resume`).
 
     A resume of a directory without a checkpoint fails before anything is created; the check is
     repeated under the lock, since another command may have written a checkpoint meanwhile.
@@ -53,8 +65,7 @@ def claim(run_dir: Path, resume: bool, what: str = "run", main: bool = True) -> 
     if resume:
         check_resume(run_dir, resume, what)
     with dir_lock(run_dir, what) if main else nullcontext():
-        check_resume(run_dir, resume, what)
-        yield
+        yield check_resume(run_dir, resume, what)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

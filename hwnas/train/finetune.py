@@ -56,7 +56,7 @@ def finetune_config(run: Run, cli: dict[str, Any]) -> TrainConfig:
 def finetune(run: Run, arch: Arch, config: TrainConfig, out_dir: Path, resume: bool = False) -> dict:
     """Finetune ``arch`` from ``run``'s supernet into ``out_dir``; returns the last epoch's metrics."""
     d = init_distributed(config.threads)
-    with claim(out_dir, resume, "finetuning run", d.main):
+    with claim(out_dir, resume, "finetuning run", d.main) as resume:
         return _finetune(run, arch, config, out_dir, resume, d)
 
 

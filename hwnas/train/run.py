@@ -91,7 +91,7 @@ def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> 
     checkpoint has loaded into the model of ``config`` (see :func:`hwnas.train.loop.train_loop`).
     """
     d = init_distributed(config.threads)
-    with claim(run_dir, resume, main=d.main):
+    with claim(run_dir, resume, main=d.main) as resume:
         return _train(config, run_dir, resume, d)
 
 
