@@ -56,9 +56,10 @@ def test_resume_with_another_width_writes_nothing(capsys, short_run: Path) -> No
     assert load_checkpoint(short_run / FILENAME)["position"]["global_step"] == 23
 
 
-def test_finetune_resume_with_another_arch_writes_nothing(capsys, toy_run: Path, tmp_path: Path) -> None:
+def test_finetune_resume_with_another_arch_writes_nothing(capsys, short_run: Path, tmp_path: Path) -> None:
     from hwnas.train.run import load_run
 
+    toy_run = short_run
     space = load_run(toy_run).space
     (tmp_path / "small.json").write_text(space.smallest().dumps())
     (tmp_path / "large.json").write_text(space.largest().dumps())
@@ -70,6 +71,27 @@ def test_finetune_resume_with_another_arch_writes_nothing(capsys, toy_run: Path,
     err = _error_line(capsys, [*argv[:2], str(tmp_path / "large.json"), *argv[2:], "--resume"])
     assert "does not fit" in err
     assert snapshot(ft) == before
+
+
+def test_detector_resume_with_another_arch_writes_nothing(capsys, short_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pycocotools")
+    from hwnas.detect.synthetic import ensure_synthetic
+    from hwnas.train.run import load_run
+    from tests.test_detect import SMALL
+
+    tree = ensure_synthetic(SMALL, tmp_path / "data")
+    space = load_run(short_run).space
+    (tmp_path / "small.json").write_text(space.smallest().dumps())
+    (tmp_path / "large.json").write_text(space.largest().dumps())
+    det = tmp_path / "det"
+    flags = ["--data", f"coco:{tree}", "--epochs", "1", "--max-steps", "1", "--min-size", "64", "--max-size", "64"]
+    flags += ["--fpn-channels", "16", "--head-size", "32", "--proposals", "20", "--anchor-size", "8", "--out", str(det)]
+    assert main(["detect", "train", str(short_run), str(tmp_path / "small.json"), *flags]) == 0
+    capsys.readouterr()
+    before = snapshot(det)
+    err = _error_line(capsys, ["detect", "train", str(short_run), str(tmp_path / "large.json"), *flags, "--resume"])
+    assert "does not fit" in err
+    assert snapshot(det) == before
 
 
 # ----------------------------------------------------------------- 3. a torn last line of metrics.jsonl
@@ -306,6 +328,23 @@ def test_broken_library_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "net.so").write_bytes(b"\x7fELF truncated")
     with pytest.raises(HwnasError, match="not a loadable compiled library"):
         CompiledNet.load(tmp_path / "net.so")
+
+
+def test_failed_link_leaves_the_old_library(tmp_path: Path) -> None:
+    import tvm
+    from tvm import te
+
+    from hwnas.compile.runner import export_cross, link
+
+    a = te.placeholder((4,), name="a")
+    func = te.create_prim_func([a, te.compute((4,), lambda i: a[i] + 1, name="b")])
+    target = tvm.target.Target("llvm")
+    module = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    path = link(tvm.compile(module, target=target), tmp_path / "k.so")
+    old = path.read_bytes()
+    with pytest.raises(HwnasError, match=r"linking .* with false failed"):
+        export_cross(func, target, path, "false")  # a cross compiler that fails
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["k.so"]
 
 
 # ----------------------------------------------------------------- 10. a target's cc is a program hwnas runs
