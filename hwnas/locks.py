@@ -20,7 +20,7 @@ LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def dir_lock(directory: str | Path, what: str = "run") -> Iterator[None]:
+def dir_lock(directory: str | Path) -> Iterator[None]:
     """Hold ``directory``'s lock (creating the directory); HwnasError if another process holds it."""
     directory = Path(directory)
     try:
@@ -33,8 +33,7 @@ def dir_lock(directory: str | Path, what: str = "run") -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise HwnasError(
-                f"{directory} is in use by another hwnas command (a {what} still running); "
-                "wait for it to finish or stop it"
+                f"{directory} is in use by another hwnas command still running; wait for it to finish or stop it"
             ) from None
         except OSError as exc:
             raise HwnasError(f"cannot lock {directory}: {exc.strerror or exc}") from None

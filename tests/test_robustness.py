@@ -133,6 +133,7 @@ def test_second_writer_of_a_run_is_refused_and_the_lock_dies_with_its_holder(cap
         assert "in use by another hwnas command" in err
         with pytest.raises(HwnasError, match="in use"):
             train_supernet(tiny(epochs=2), short_run, resume=True)
+        assert "in use by another hwnas command" in _error_line(capsys, ["pipeline", "--out", str(short_run)])
         assert snapshot(short_run) == before
     finally:
         holder.kill()  # SIGKILL: the kernel releases the lock

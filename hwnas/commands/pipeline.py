@@ -286,7 +286,7 @@ def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    with dir_lock(args.out, "pipeline"):
+    with dir_lock(args.out):
         _pipeline(args)
 
 

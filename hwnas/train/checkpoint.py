@@ -46,7 +46,6 @@ def check_resume(run_dir: Path, resume: bool, what: str = "run") -> bool:
     has_checkpoint = (run_dir / FILENAME).exists()
     if resume and not has_checkpoint:
         if (run_dir / "config.json").is_file():
-            _log.warning(f"{run_dir} stopped before its first checkpoint: starting the {what} from the beginning")
             return False
         raise HwnasError(f"nothing to resume: no checkpoint in {run_dir}")
     if not resume and has_checkpoint:
@@ -64,8 +63,11 @@ def claim(run_dir: Path, resume: bool, what: str = "run", main: bool = True) -> 
     """
     if resume:
         check_resume(run_dir, resume, what)
-    with dir_lock(run_dir, what) if main else nullcontext():
-        yield check_resume(run_dir, resume, what)
+    with dir_lock(run_dir) if main else nullcontext():
+        resumes = check_resume(run_dir, resume, what)
+        if resume and not resumes and main:
+            _log.warning(f"{run_dir} stopped before its first checkpoint: starting the {what} from the beginning")
+        yield resumes
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
