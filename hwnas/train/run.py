@@ -98,6 +98,17 @@ def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, d: Dist) -> tuple[BinaryNet, dict]:
     indices = load_indices(run_dir / SPLITS) if resume else None
     splits = build_splits(config, indices)
+
+    def prepare() -> None:
+        config.save(run_dir / CONFIG)
+        save_indices(splits, run_dir / SPLITS)
+        _log.info(
+            f"training a supernet on {config.data}: {len(splits.train)} train / {len(splits.val)} val images, "
+            f"lr {config.lr:.3g}"
+        )
+
+    if not resume and d.main:  # nothing to protect yet: the config first, so a run killed at once still resumes
+        prepare()
     torch.manual_seed(config.seed)
     supernet = build_model(config, splits.num_classes)
     space = config_space(config)
@@ -108,16 +119,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, d: Dist) -> tuple[B
         supernet.set_mode(config.teacher)
         init_thresholds(supernet, calib[0][0])
     data = LoopData(splits.train, calib, preload(splits.val, config.batch_size))
-
-    def prepare() -> None:
-        config.save(run_dir / CONFIG)
-        save_indices(splits, run_dir / SPLITS)
-        _log.info(
-            f"training a supernet on {config.data}: {len(splits.train)} train / {len(splits.val)} val images, "
-            f"lr {config.lr:.3g}"
-        )
-
-    return supernet, train_loop(objective, config, data, run_dir, d, resume, prepare)
+    return supernet, train_loop(objective, config, data, run_dir, d, resume, prepare if resume else None)
 
 
 def resolve_for_resume(run_dir: Path, cli: dict, file: Path | None, base: Config = DEFAULTS) -> Config:
