@@ -84,11 +84,13 @@ class SearchSpace:
         """Read and validate an architecture file."""
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise HwnasError(f"architecture file not found: {path}") from None
         except OSError as exc:
             raise HwnasError(f"cannot read architecture file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ArchError(f"{path}: not a text file (not UTF-8)") from None
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:

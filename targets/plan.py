@@ -1,9 +1,11 @@
 """Profile a target: choose what to measure, measure what its store lacks through TVM, report.
 
-Shared by ``hwnas profile`` and the pipeline. What is measured: the space's distinct layer
-configurations at the resolution (all, or a seeded sample), the stem and head configurations,
-and a seeded sample of whole subnets end to end. Everything goes through the resumable driver of
-:mod:`hwnas.targets.driver`, so an interrupted profile continues where it stopped.
+Shared by ``hwnas profile`` and the pipeline, which both fail (:func:`check_complete`) when a job
+stayed unmeasured, so a profile with failed jobs is never taken for a finished one. What is
+measured: the space's distinct layer configurations at the resolution (all, or a seeded
+sample), the stem and head configurations, and a seeded sample of whole subnets end to end.
+Everything goes through the resumable driver of :mod:`hwnas.targets.driver`, so an interrupted
+profile continues where it stopped.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from hwnas.errors import HwnasError
 from hwnas.space import NASBNN, SearchSpace
 from hwnas.targets.configs import layer_configs, part_configs, sample_configs, sample_networks
 from hwnas.targets.driver import (
@@ -54,11 +57,15 @@ def profile_target(
     reports: dict[str, Report] = {}
     slow_batches, slow_s = 0, 0.0
     with Store.for_target(target) as store:
-        left = {
-            "layers": store.missing(layer_key(c, res) for c in configs),
-            "parts": store.missing(part_key(p, res) for p in parts),
-            "networks": store.missing(network_key(a, res) for a in archs),
-        }
+
+        def missing() -> dict[str, list]:
+            return {
+                "layers": store.missing(layer_key(c, res) for c in configs),
+                "parts": store.missing(part_key(p, res) for p in parts),
+                "networks": store.missing(network_key(a, res) for a in archs),
+            }
+
+        left = missing()
         _log.info(
             f"target {target.name} ({target.connection}): {len(configs)} layer configs, {len(parts)} stem/head "
             f"configs and {len(archs)} networks, {' + '.join(str(len(v)) for v in left.values())} to measure; "
@@ -91,4 +98,17 @@ def profile_target(
             "slow_window_batches": slow_batches,
             "slow_window_s": round(slow_s, 1),
             "stored": store.counts(),
+            "unmeasured": {kind: len(keys) for kind, keys in missing().items()},
         }
+
+
+def check_complete(result: dict[str, Any]) -> None:
+    """Raise one HwnasError when a profile left jobs unmeasured (failed, or stopped before them)."""
+    left = result["unmeasured"]
+    if any(left.values()):
+        failed = sum(len(run["failed"]) for run in result["runs"].values())
+        raise HwnasError(
+            f"profile of {result['target']} incomplete: {sum(left.values())} jobs unmeasured "
+            f"({', '.join(f'{n} {kind}' for kind, n in left.items() if n)}; {failed} failed in this run); "
+            "rerun to retry them"
+        )

@@ -120,6 +120,20 @@ def summarize(samples_ms: Sequence[float]) -> tuple[float, float]:
     return float(q50), float(q75 - q25)
 
 
+LOCK_TIMEOUT_S = 30.0
+"""How long a read or a commit waits for another process's write before giving up."""
+
+
+def store_error(path: Path, exc: Exception) -> HwnasError:
+    """One line for a store that cannot be used: damaged, locked by another process, unwritable."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+        return HwnasError(f"measurement store {path} is locked by another process ({text}); try again when it is done")
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return HwnasError(f"measurement store {path} is damaged ({text}); move it aside to start a new one")
+    return HwnasError(f"cannot use the measurement store {path}: {text}")
+
+
 def store_path(target_name: str) -> Path:
     return data_dir() / "measurements" / f"{target_name}.sqlite"
 
@@ -136,15 +150,23 @@ class Store:
     def __init__(
         self, path: Path, target_fingerprint: str, version: str, methods: Mapping[str, str] = MEASURE_METHODS
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.target = target_fingerprint
         self.version = version
         self.methods = dict(methods)
-        self._db = sqlite3.connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        self._db.commit()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=LOCK_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise store_error(path, exc) from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+            self._db.execute("SELECT COUNT(*) FROM measurements").fetchone()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise store_error(path, exc) from None
 
     @classmethod
     def for_target(cls, target: Target, version: str | None = None) -> Store:
@@ -195,22 +217,15 @@ class Store:
         """Record one measurement and commit; a key already present keeps its first measurement."""
         median, spread = summarize(samples_ms)
         when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self._db:  # one transaction, committed on success
-            self._db.execute(
-                "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    self.target,
-                    self.version,
-                    self.methods[key.kind],
-                    key.kind,
-                    key.config,
-                    key.resolution,
-                    median,
-                    spread,
-                    len(samples_ms),
-                    when,
-                ),
-            )
+        row = (self.target, self.version, self.methods[key.kind], key.kind, key.config, key.resolution)
+        try:
+            with self._db:  # one transaction, committed on success
+                self._db.execute(
+                    "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, median, spread, len(samples_ms), when),
+                )
+        except sqlite3.Error as exc:  # locked past the timeout, a full disk, a damaged file
+            raise store_error(self.path, exc) from None
         return Measurement(key, median, spread, len(samples_ms), when)
 
     def get(self, key: Key) -> Measurement | None:

@@ -21,6 +21,9 @@ format, every key checked (an unknown or ill-typed key is an error naming the fi
     session_timeout_s = 0                  # optional: TVM's remote session timeout, 0 = none
     [export]                               # optional
     cc = "aarch64-linux-gnu-gcc"           # cross compiler linking the uploaded library
+
+``cc`` is a program hwnas runs: only a command name or an absolute path to an executable is
+accepted. A target file from someone else is code to review before use (docs/targets.md).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ BUILTIN_DIR = Path(__file__).parent
 DETECT = "detect"
 CONNECTION_KINDS = ("local", "rpc", "tracker")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_COMMAND = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
+"""A plain command name (``gcc``, ``aarch64-linux-gnu-g++``, ``clang-18``): no path, no options."""
 
 
 class TargetError(HwnasError):
@@ -129,9 +134,11 @@ def read_target(path: Path) -> Target:
     if not _NAME.match(path.stem):
         raise TargetError(f"{path}: a target name uses letters, digits, '.', '_' and '-' only")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise TargetError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise TargetError(f"{path}: not a text file (not UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"{path}: not valid TOML ({exc})") from None
     return _Reader(path).target(data)
@@ -189,9 +196,23 @@ class _Reader:
             tvm=self.tvm(tvm_table),
             threads=self.threads(tvm_table),
             connection=self.connection(conn_table),
-            cc=self.get(export, "export", "cc", str, ""),
+            cc=self.cc(export),
             source=self.path,
         )
+
+    def cc(self, table: dict) -> str:
+        """The cross compiler, which hwnas runs: a command name looked up on PATH, or an absolute
+        path to an executable; never a relative path (a file shipped beside the target file) or
+        a command line with options."""
+        cc = self.get(table, "export", "cc", str, "")
+        if not cc or _COMMAND.match(cc):
+            return cc
+        path = Path(cc)
+        if not path.is_absolute():
+            raise self.fail("export.cc", f"must be a command name or an absolute path, got {cc!r}")
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise self.fail("export.cc", f"{cc} is not an executable file")
+        return cc
 
     def tvm(self, table: dict) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.get(table, "tvm", "kind", str)}

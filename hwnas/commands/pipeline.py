@@ -1,7 +1,11 @@
 """`hwnas pipeline`: the main job on the built-in defaults, resumable step by step.
 
-Steps, each skipped when its result file exists (a rerun after a kill continues; the training,
-profiling and search steps also resume their own partial work):
+Each step writes ``OUT/<step>.json`` (atomically) once it has finished: its result, the flags it
+ran with, a digest of each step it read from, and a SHA-256 of each file it produced. A rerun
+reuses a step only when that record is complete and still holds: same flags, same inputs, every
+output file present and unchanged; otherwise the step runs again, and so does every step that
+read from it (the training, profiling and search steps resume their own partial work). ``OUT``
+is locked while a pipeline runs. The steps:
 1. ``train``: the supernet on the built-in digits data;
 2. ``eval``: the largest, the smallest and 20 random subnets on the test split, BN recalibrated;
 3. ``profile``: the local target's layer kernels, stem, head and a few whole subnets (224x224);
@@ -17,6 +21,7 @@ profiling and search steps also resume their own partial work):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -28,6 +33,9 @@ import numpy as np
 
 from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, log, table
+from hwnas.errors import HwnasError
+from hwnas.files import atomic_write_json, atomic_write_text
+from hwnas.locks import dir_lock
 from hwnas.targets.target import load_target
 from hwnas.train.checkpoint import FILENAME
 from hwnas.train.config import add_override_flags, overrides, resolve
@@ -50,19 +58,92 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_pipeline)
 
 
-def _step(out: Path, name: str, run: Callable[[], dict[str, Any]], times: dict[str, float]) -> dict[str, Any]:
-    """Run a step unless its result file exists; results are written atomically."""
-    path = out / f"{name}.json"
-    if path.exists():
-        log(f"[{name}] done before, reusing {path}")
-        return json.loads(path.read_text())
-    start = time.perf_counter()
-    result = run()
-    times[name] = time.perf_counter() - start
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
-    return result
+RECORD_FORMAT = 1
+
+
+class Steps:
+    """The step records of one pipeline directory (see the module docstring)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.times: dict[str, float] = {}
+        self.digests: dict[str, str] = {}  # step -> digest of its record, as later steps see it
+
+    def run(
+        self,
+        name: str,
+        run: Callable[[], dict[str, Any]],
+        flags: dict[str, Any] | None = None,
+        after: tuple[str, ...] = (),
+        outputs: Callable[[dict[str, Any]], list[Path]] = lambda result: [],
+    ) -> dict[str, Any]:
+        """Reuse ``name``'s record if it still holds, else run the step and record it.
+
+        ``after``: the earlier steps it reads from; ``outputs``: the files its result names.
+        """
+        path = self.out / f"{name}.json"
+        flags, inputs = flags or {}, {step: self.digests[step] for step in after}
+        record = _read_record(path)
+        why = _stale(record, flags, inputs) if record else "not finished before"
+        if why is None:
+            log(f"[{name}] done before, reusing {path}")
+        else:
+            if record:
+                log(f"[{name}] running again: {why}")
+            start = time.perf_counter()
+            result = run()
+            self.times[name] = time.perf_counter() - start
+            record = {
+                "format": RECORD_FORMAT,
+                "step": name,
+                "flags": flags,
+                "inputs": inputs,
+                "outputs": {str(p): _sha256(p) for p in outputs(result)},
+                "result": result,
+            }
+            atomic_write_json(path, record, indent=1)
+        self.digests[name] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+        return record["result"]
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A step's record, or None when it is missing, torn or of another format (the step reruns)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and record.get("format") == RECORD_FORMAT and "result" in record
+    return record if ok else None
+
+
+def _stale(record: dict[str, Any], flags: dict[str, Any], inputs: dict[str, str]) -> str | None:
+    """Why a finished step's record no longer holds, or None."""
+    if record.get("flags") != flags:
+        return f"flags changed ({record.get('flags')} -> {flags})"
+    if record.get("inputs") != inputs:
+        return "a step it reads from ran again"
+    for name, digest in record.get("outputs", {}).items():
+        if not Path(name).is_file():
+            return f"{name} was deleted"
+        if _sha256(Path(name)) != digest:
+            return f"{name} changed"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(*paths: Path) -> list[Path]:
+    """The files among ``paths``, those under a directory included (sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        found += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return found
 
 
 def _train(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -98,9 +179,11 @@ def _evaluate(run_dir: Path) -> dict[str, Any]:
 
 
 def _profile(networks: int) -> dict[str, Any]:
-    from hwnas.targets.plan import Plan, profile_target
+    from hwnas.targets.plan import Plan, check_complete, profile_target
 
-    return profile_target(load_target(TARGET), Plan(networks=networks))
+    result = profile_target(load_target(TARGET), Plan(networks=networks))
+    check_complete(result)  # a profile with failed jobs is not a finished step: the rerun retries them
+    return result
 
 
 def _fit() -> dict[str, Any]:
@@ -111,14 +194,14 @@ def _fit() -> dict[str, Any]:
     target = load_target(TARGET)
     with Store.for_target(target) as store:
         predictor = fit(target, store)
-        predictor.save()
+        saved = predictor.save()
         summary = evaluate(predictor, store).summary
     nets = summary["networks"]
     log(
         f"[predictor] held-out networks: {nets['n']}, within +-10 % {100 * (nets.get('within_10pct') or 0):.0f} %, "
         f"Kendall tau {nets.get('kendall_tau') or float('nan'):.2f}"
     )
-    return summary
+    return {**summary, "saved": str(saved)}
 
 
 def _search(run_dir: Path, objective: str, trials: int) -> dict[str, Any]:
@@ -135,7 +218,17 @@ def _search(run_dir: Path, objective: str, trials: int) -> dict[str, Any]:
     settings = SearchSettings(objective, (TARGET,), **{key: chosen.value})
     log(f"[search-{objective}] {trials} trials, budget {chosen.reason(unit)}")
     result = search(run_dir, settings, trials).to_json()
+    check_front(result, objective, {key: chosen.value})  # before the step is recorded: a rerun searches on
     return {**result, "budget": {"value": chosen.value, "unit": unit, "why": chosen.reason(unit)}}
+
+
+def check_front(result: dict[str, Any], objective: str, budget: dict[str, float]) -> None:
+    """One line when a search found no subnet within its budget: nothing to compile or compare."""
+    if not result["front"]:
+        raise HwnasError(
+            f"the {objective} search found no subnet within its budget {budget} in {result['trials']} trials "
+            "(an empty front); rerun with more --search-trials"
+        )
 
 
 def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, Any]:
@@ -149,7 +242,7 @@ def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, An
     for name, arch in winners.items():
         subnet = calibrated_subnet(run.supernet, arch, calib)
         path = export(compile_subnet(subnet, res, load_target(TARGET).tvm_target()), out / f"{name}.so")
-        (out / f"{name}.json").write_text(arch.dumps() + "\n")
+        atomic_write_text(out / f"{name}.json", arch.dumps() + "\n")
         net = CompiledNet.load(path)
         check = verify(net, subnet, res)
         ms = net.time_ms(image)[0]
@@ -182,23 +275,54 @@ def _compare(run_dir: Path, out: Path) -> dict[str, Any]:
     return {**comparison.to_json(), "report": str(report)}
 
 
+def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """What the training step runs with: the command line's config keys and the config file's text."""
+    text = None
+    if args.config is not None:
+        try:
+            text = args.config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HwnasError(f"cannot read the config file {args.config}: {exc}") from None
+    return {"overrides": overrides(args), "config_file": text}
+
+
 def cmd_pipeline(args: argparse.Namespace) -> None:
+    with dir_lock(args.out):
+        _pipeline(args)
+
+
+def _pipeline(args: argparse.Namespace) -> None:
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    run_dir, times = out / "supernet", {}
+    run_dir, steps = out / "supernet", Steps(out)
     started = time.perf_counter()
     data: dict[str, Any] = {"out": str(out)}
-    data["train"] = _step(out, "train", lambda: _train(run_dir, args), times)
-    data["eval"] = _step(out, "eval", lambda: _evaluate(run_dir), times)
-    data["profile"] = _step(out, "profile", lambda: _profile(args.profile_networks), times)
-    data["predictor"] = _step(out, "predictor", _fit, times)
+    data["train"] = steps.run(
+        "train", lambda: _train(run_dir, args), _train_flags(args), outputs=lambda r: [run_dir / FILENAME]
+    )
+    data["eval"] = steps.run("eval", lambda: _evaluate(run_dir), after=("train",))
+    data["profile"] = steps.run("profile", lambda: _profile(args.profile_networks), {"networks": args.profile_networks})
+    data["predictor"] = steps.run("predictor", _fit, after=("profile",), outputs=lambda r: _files(Path(r["saved"])))
     for objective in ("ops", "latency"):
-        data[f"search-{objective}"] = _step(
-            out, f"search-{objective}", lambda o=objective: _search(run_dir, o, args.search_trials), times
+        data[f"search-{objective}"] = steps.run(
+            f"search-{objective}",
+            lambda o=objective: _search(run_dir, o, args.search_trials),
+            {"trials": args.search_trials},
+            after=("train", "predictor"),
         )
     winners = {f"best-{o}": _best(data[f"search-{o}"]) for o in ("ops", "latency")}
-    data["compile"] = _step(out, "compile", lambda: _compile(run_dir, out, winners), times)
-    data["compare"] = _step(out, "compare", lambda: _compare(run_dir, out), times)
+    data["compile"] = steps.run(
+        "compile",
+        lambda: _compile(run_dir, out, winners),
+        after=("train", "search-ops", "search-latency"),
+        outputs=lambda r: [p for name, c in r.items() for p in (Path(c["library"]), out / f"{name}.json")],
+    )
+    data["compare"] = steps.run(
+        "compare",
+        lambda: _compare(run_dir, out),
+        after=("train", "predictor", "search-ops", "search-latency"),
+        outputs=lambda r: _files(Path(r["report"]).parent),
+    )
+    times = steps.times
     data["step_seconds"] = times
     data["wall_seconds"] = time.perf_counter() - started
     accuracy, compiled = data["eval"], data["compile"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, table
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write_text
 from hwnas.predictors.ops import count_ops, layer_bops
 from hwnas.space import NASBNN
 
@@ -79,7 +80,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.output is None:
         print(text)
     else:
-        args.output.write_text(text + "\n")
+        atomic_write_text(args.output, text + "\n")
 
 
 def _shape_rows(arch: Arch, resolution: int) -> list[dict]:

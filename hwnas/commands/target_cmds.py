@@ -9,7 +9,7 @@ from pathlib import Path
 from hwnas.commands.output import add_json_flag, emit, table
 from hwnas.predictors.evaluate import evaluate
 from hwnas.predictors.latency import DEFAULT_HOLDOUT, MIN_CALIBRATION_NETWORKS, LatencyPredictor, fit, predictor_dir
-from hwnas.targets.plan import Plan, profile_target
+from hwnas.targets.plan import Plan, check_complete, profile_target
 from hwnas.targets.session import DEFAULT_TIMING, Timing
 from hwnas.targets.store import Store
 from hwnas.targets.target import BUILTIN_DIR, load_target, target_files, user_targets_dir
@@ -100,6 +100,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
         f"({data['slow_window_s']:.0f} s waiting them out)"
     )
     emit(args, data, "\n".join(lines))
+    check_complete(data)  # after the report: exit 2 with one line saying how many jobs are left
 
 
 def cmd_fit(args: argparse.Namespace) -> None:

@@ -49,8 +49,7 @@ def compile_subnet(subnet: BinaryNet, resolution: int, target: tvm.target.Target
 
 def export(compiled: Compiled, path: str | Path, cc: str = "") -> Path:
     """Write the runtime library, linked by ``cc`` when given (a foreign target's cross compiler,
-    its target file's ``[export] cc``), else by the host's compiler."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    its target file's ``[export] cc``), else by the host's compiler; written atomically."""
     return link(compiled.executable, path, cc)
 
 
@@ -65,7 +64,11 @@ class CompiledNet:
     def load(cls, path: str | Path) -> CompiledNet:
         if not Path(path).is_file():
             raise HwnasError(f"compiled library not found: {path}")
-        return cls(tvm.runtime.load_module(str(path)))
+        try:
+            return cls(tvm.runtime.load_module(str(path)))
+        except Exception as exc:  # a truncated or foreign file: TVM's loader fails in several ways
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HwnasError(f"{path}: not a loadable compiled library ({first[:160]})") from None
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """image [1, 3, R, R] float32 -> logits [1, classes]."""

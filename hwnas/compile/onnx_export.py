@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from hwnas.compile.fold import Activation, FoldedConv, FoldedNet
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_path
 from hwnas.model.binary import pad_binary, sign
 from hwnas.model.layers import shortcut
 
@@ -88,12 +89,12 @@ def export_onnx(net: FoldedNet, path: str | Path) -> Path:
     path = Path(path)
     module = FoldedModule(net).eval()
     image = torch.zeros(1, 3, net.resolution, net.resolution)
-    with warnings.catch_warnings():  # the tracer's notes on constant shapes are about our code, not the user's
-        warnings.simplefilter("ignore")
+    with atomic_path(path) as tmp, warnings.catch_warnings():  # checked before it replaces ``path``
+        warnings.simplefilter("ignore")  # the tracer's notes on constant shapes are about our code
         torch.onnx.export(
-            module, (image,), str(path), dynamo=False, input_names=["image"], output_names=["logits"], opset_version=17
+            module, (image,), str(tmp), dynamo=False, input_names=["image"], output_names=["logits"], opset_version=17
         )
-    onnx.checker.check_model(onnx.load(str(path)))
+        onnx.checker.check_model(onnx.load(str(tmp)))
     return path
 
 

@@ -14,6 +14,9 @@ import numpy as np
 import tvm
 from tvm.support.cc import cross_compiler
 
+from hwnas.errors import HwnasError
+from hwnas.files import atomic_path
+
 
 def build(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tvm.runtime.Module:
     """Compile one PrimFunc (as ``main``) for a target; returns the runtime module."""
@@ -50,7 +53,14 @@ def link(exe: tvm.runtime.Executable, path: str | Path, cc: str = "") -> Path:
     """Write ``exe`` as a shared library, linked by ``cc`` when given (a foreign target's cross
     compiler, its target file's ``[export] cc``), else by the host's compiler."""
     path = Path(path)
-    exe.export_library(str(path), **({"fcompile": cross_compiler(cc)} if cc else {}))
+    with atomic_path(path) as tmp:  # its suffix stays the path's (.so, .tar): export_library reads it
+        try:
+            exe.export_library(str(tmp), **({"fcompile": cross_compiler(cc)} if cc else {}))
+        except OSError:
+            raise
+        except Exception as exc:  # TVM reports a failed compiler or linker run as a RuntimeError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HwnasError(f"linking {path} with {cc or 'the host compiler'} failed: {first[:200]}") from None
     return path
 
 

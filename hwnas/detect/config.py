@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write_text
 from hwnas.train.config import at_least_one
 
 
@@ -48,7 +49,7 @@ class DetectConfig:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     def check(self, where: str) -> None:
         """Raise one HwnasError naming the first bad value."""

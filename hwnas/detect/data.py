@@ -35,17 +35,39 @@ class CocoImages(CocoDetection):
         with redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             super().__init__(str(root / image_dir(split)), str(root / annotation_file(split)))
         self.flip = flip
+        check_annotations(self.coco.dataset)
 
     def _load_target(self, image_id: int) -> dict[str, Any]:
         return {"image_id": image_id, "annotations": super()._load_target(image_id)}
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        image, target = super().__getitem__(index)
-        return to_sample(image, target, self.flip)
+        try:
+            image, target = super().__getitem__(index)
+            return to_sample(image, target, self.flip)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: unreadable, truncated or not an image
+            name = self.coco.loadImgs(self.ids[index])[0].get("file_name", f"id {self.ids[index]}")
+            raise HwnasError(f"{Path(self.root) / name}: cannot decode the image ({exc})") from None
 
     @property
     def categories(self) -> dict[int, str]:
         return {c["id"]: c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
+
+
+def check_annotations(dataset: Any) -> None:
+    """Raise ValueError unless ``dataset`` looks like COCO instances (what training reads of it)."""
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise ValueError(f"no {key!r} list")
+    for ann in dataset["annotations"]:
+        if not isinstance(ann, dict):
+            raise ValueError(f"an annotation is not an object: {str(ann)[:60]}")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
+            raise ValueError(f"annotation {ann.get('id')}: bbox must be [x, y, width, height], got {bbox!r}")
+        if not isinstance(ann.get("category_id"), int):
+            raise ValueError(
+                f"annotation {ann.get('id')}: category_id must be an integer, got {ann.get('category_id')!r}"
+            )
 
 
 def to_sample(image: Image.Image, target: dict[str, Any], flip: bool) -> tuple[Tensor, dict[str, Any]]:
@@ -113,5 +135,13 @@ def load_data(spec: str, flip: bool = False) -> DetectionData:
 def open_split(root: Path, split: str, flip: bool = False) -> CocoImages:
     try:
         return CocoImages(root, split, flip)
-    except (OSError, ValueError, KeyError) as exc:
-        raise HwnasError(f"cannot read the COCO annotations of {split} under {root}: {exc}") from None
+    except AssertionError:  # pycocotools asserts that the top level is an object
+        raise HwnasError(
+            f"{root / annotation_file(split)}: not COCO annotations (the top level is not an object)"
+        ) from None
+    except KeyError as exc:  # pycocotools indexes images, annotations and categories by these keys
+        where = root / annotation_file(split)
+        raise HwnasError(f"{where}: not usable COCO annotations (an entry lacks the key {exc})") from None
+    except (OSError, ValueError, TypeError) as exc:
+        where = root / annotation_file(split)
+        raise HwnasError(f"{where}: not usable COCO annotations ({exc})") from None

@@ -19,6 +19,7 @@ from hwnas.arch import Arch
 from hwnas.detect.config import DetectConfig
 from hwnas.detect.model import build_detector
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write_json
 from hwnas.model import BinaryNet, ModelOptions, Skeleton
 from hwnas.train.checkpoint import FILENAME, load_checkpoint
 from hwnas.train.run import read_config
@@ -62,7 +63,7 @@ class DetectorInfo:
 
 
 def save_info(info: DetectorInfo, det_dir: Path) -> None:
-    (det_dir / INFO).write_text(json.dumps(info.to_json(), indent=1) + "\n")
+    atomic_write_json(det_dir / INFO, info.to_json(), indent=1)
 
 
 def read_info(det_dir: Path) -> DetectorInfo:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hwnas.files import atomic_write_json
 from hwnas.paths import data_dir
 
 SPLITS = ("train", "val")
@@ -139,8 +140,8 @@ def write_tree(spec: SyntheticSpec, root: Path) -> None:
             "annotations": annotations,
             "categories": [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)],
         }
-        (root / annotation_file(split)).write_text(json.dumps(coco))
-    (root / COMPLETE).write_text(json.dumps(asdict(spec)))
+        atomic_write_json(root / annotation_file(split), coco, indent=None)
+    atomic_write_json(root / COMPLETE, asdict(spec), indent=None)
 
 
 def upsample(digit: np.ndarray, size: int) -> np.ndarray:

@@ -23,9 +23,9 @@ from hwnas.detect.evaluate import evaluate_detector
 from hwnas.detect.model import build_detector
 from hwnas.detect.store import DetectorInfo, save_info
 from hwnas.model import Mode
-from hwnas.train.checkpoint import check_resume
+from hwnas.train.checkpoint import claim
 from hwnas.train.data import normalization
-from hwnas.train.distributed import init_distributed
+from hwnas.train.distributed import Dist, init_distributed
 from hwnas.train.loop import LoopData, SameNetwork, train_loop
 from hwnas.train.run import CONFIG, Run
 
@@ -53,7 +53,11 @@ class DetectObjective(SameNetwork, nn.Module):
 def train_detector(run: Run, arch: Arch, config: DetectConfig, out_dir: Path, resume: bool = False) -> dict:
     """Train (or resume) a detector over ``arch`` of ``run``'s supernet into ``out_dir``; the last epoch's metrics."""
     d = init_distributed(config.threads)
-    check_resume(out_dir, resume, "detector")
+    with claim(out_dir, resume, "detector", d.main) as resume:
+        return _train(run, arch, config, out_dir, resume, d)
+
+
+def _train(run: Run, arch: Arch, config: DetectConfig, out_dir: Path, resume: bool, d: Dist) -> dict:
     data = load_data(config.data, config.hflip)
     if config.val_images:
         data.val.ids = data.val.ids[: config.val_images]
@@ -63,13 +67,14 @@ def train_detector(run: Run, arch: Arch, config: DetectConfig, out_dir: Path, re
     subnet.set_mode(Mode.BWBA)
     torch.manual_seed(config.seed)
     detector = build_detector(subnet, info.num_classes, config, mean, std)
-    if d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    loop_data = LoopData(data.train, [], data.val, {"arch": arch.to_json()}, collate)
+
+    def prepare() -> None:
         config.save(out_dir / CONFIG)
         save_info(info, out_dir)
         _log.info(
             f"training a detector on {data.root}: {len(data.train)} train / {len(data.val)} val images, "
             f"{len(data.categories)} classes, backbone {arch}"
         )
-    loop_data = LoopData(data.train, [], data.val, {"arch": arch.to_json()}, collate)
-    return train_loop(DetectObjective(detector, config), config, loop_data, out_dir, d, resume)
+
+    return train_loop(DetectObjective(detector, config), config, loop_data, out_dir, d, resume, prepare)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hwnas.files import atomic_path
 from hwnas.search.points import Point
 
 
@@ -39,8 +40,8 @@ def front_png(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # the suffix stays the path's, so savefig picks its format
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 

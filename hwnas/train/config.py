@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import tomllib
 
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write_text
 
 TEACHERS = ("fwba", "bwba", "fwfa")
 Config = TypeVar("Config")
@@ -59,7 +60,7 @@ class TrainConfig:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str) -> TrainConfig:
@@ -115,6 +116,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise HwnasError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise HwnasError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise HwnasError(f"{path}: not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise HwnasError(f"cannot read the config file {path}: {exc.strerror}") from None
 
 
 def add_override_flags(parser: argparse.ArgumentParser, base: Any = TrainConfig()) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write_text
 from hwnas.train.config import TrainConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,13 +64,13 @@ def build_splits(config: TrainConfig, indices: dict[str, list[int]] | None = Non
 
 
 def save_indices(splits: Splits, path: Path) -> None:
-    path.write_text(json.dumps(splits.indices) + "\n")
+    atomic_write_text(path, json.dumps(splits.indices) + "\n")
 
 
 def load_indices(path: Path) -> dict[str, list[int]]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise HwnasError(f"cannot read the split indices {path}: {exc}") from None
 
 

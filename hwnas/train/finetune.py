@@ -9,7 +9,6 @@ loop, checkpoints and resume; the output directory also keeps ``arch.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwnas.arch import Arch
+from hwnas.files import atomic_write_json
 from hwnas.model import BinaryNet, Mode
-from hwnas.train.checkpoint import check_resume
+from hwnas.train.checkpoint import claim
 from hwnas.train.config import FINETUNE_DEFAULTS, TrainConfig, coerce
-from hwnas.train.distributed import init_distributed
+from hwnas.train.distributed import Dist, init_distributed
 from hwnas.train.evaluate import accuracy, calibrated_subnet
 from hwnas.train.loop import LoopData, SameNetwork, train_loop
 from hwnas.train.run import CONFIG, Run
@@ -56,16 +56,21 @@ def finetune_config(run: Run, cli: dict[str, Any]) -> TrainConfig:
 def finetune(run: Run, arch: Arch, config: TrainConfig, out_dir: Path, resume: bool = False) -> dict:
     """Finetune ``arch`` from ``run``'s supernet into ``out_dir``; returns the last epoch's metrics."""
     d = init_distributed(config.threads)
-    check_resume(out_dir, resume, "finetuning run")
+    with claim(out_dir, resume, "finetuning run", d.main) as resume:
+        return _finetune(run, arch, config, out_dir, resume, d)
+
+
+def _finetune(run: Run, arch: Arch, config: TrainConfig, out_dir: Path, resume: bool, d: Dist) -> dict:
     calib = run.calibration_batches()
     teacher = None
     if config.distill:
         teacher = calibrated_subnet(run.supernet, run.space.largest(), calib, Mode(config.teacher), d.device)
     subnet = calibrated_subnet(run.supernet, arch, calib, Mode.BWBA, d.device)
-    if d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def prepare() -> None:
         config.save(out_dir / CONFIG)
-        (out_dir / "arch.json").write_text(json.dumps(arch.to_json()) + "\n")
+        atomic_write_json(out_dir / "arch.json", arch.to_json(), indent=None)
+
     torch.manual_seed(config.seed)
     data = LoopData(run.splits.train, calib, run.batches("val"), {"arch": arch.to_json(), "supernet": str(run.run_dir)})
-    return train_loop(Finetune(subnet, teacher), config, data, out_dir, d, resume)
+    return train_loop(Finetune(subnet, teacher), config, data, out_dir, d, resume, prepare)

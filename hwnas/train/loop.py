@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write_text
 from hwnas.train.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from hwnas.train.distributed import Dist, barrier
 from hwnas.train.optim import build_optimizer, build_scheduler
@@ -121,8 +122,21 @@ def epoch_indices(dataset: Dataset, config: LoopConfig, d: Dist, epoch: int) -> 
     return list(sampler)
 
 
-def train_loop(objective: nn.Module, config: LoopConfig, data: LoopData, run_dir: Path, d: Dist, resume: bool) -> dict:
-    """Train ``objective`` as configured, checkpointing into ``run_dir``; returns the last metrics."""
+def train_loop(
+    objective: nn.Module,
+    config: LoopConfig,
+    data: LoopData,
+    run_dir: Path,
+    d: Dist,
+    resume: bool,
+    prepare: Callable[[], None] | None = None,
+) -> dict:
+    """Train ``objective`` as configured, checkpointing into ``run_dir``; returns the last metrics.
+
+    ``prepare`` writes the run's own files (its config, ...) on the main process, called once
+    everything is checked: on resume, only after the checkpoint has loaded into this config's
+    model, so a resume that does not fit leaves every file of the run as it was.
+    """
     if config.batch_size % d.world:
         raise HwnasError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
     batch = config.batch_size // d.world
@@ -137,14 +151,20 @@ def train_loop(objective: nn.Module, config: LoopConfig, data: LoopData, run_dir
     path = run_dir / FILENAME
     if resume:
         state = load_checkpoint(path)
-        trainable.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        objective.load_sampler_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        pos = Position(**state["position"])
-        if d.main:
-            _trim_metrics(run_dir / METRICS, pos.epoch)
+        try:
+            trainable.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            objective.load_sampler_state(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            pos = Position(**state["position"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError):
+            raise HwnasError(_misfit(path, state.get("config"), config.to_json())) from None
+    if d.main:
+        if prepare is not None:
+            prepare()
+        _trim_metrics(run_dir / METRICS, pos.epoch)  # a fresh start over a deleted checkpoint: all lines
+        if resume:
             _log.info(f"resuming {run_dir} at epoch {pos.epoch + 1}, step {pos.step} ({pos.global_step} steps done)")
     model = objective
     if d.world > 1:
@@ -236,8 +256,44 @@ def train_loop(objective: nn.Module, config: LoopConfig, data: LoopData, run_dir
     return last
 
 
+def _misfit(path: Path, saved: dict | None, now: dict) -> str:
+    """Why a checkpoint does not load into this config's model: the keys that changed, if known."""
+    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in now if saved and k in saved and saved[k] != now[k]]
+    what = f" (changed: {', '.join(changed)})" if changed else ""
+    return (
+        f"{path} does not fit the model of this configuration{what}; nothing was written: "
+        "resume with the run's own settings, or train into another --out"
+    )
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The epochs of a ``metrics.jsonl``; a torn last line (a kill mid-append) is left out.
+
+    A line that is not JSON before the last one means the file was damaged otherwise: one HwnasError.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise ValueError("not an epoch's metrics")
+        except ValueError:
+            if number == len(lines):
+                _log.warning(f"{path}: ignoring a torn last line (the run was stopped while writing it)")
+                break
+            raise HwnasError(f"{path}: line {number} is not an epoch's metrics (damaged file)") from None
+        rows.append(row)
+    return rows
+
+
 def _trim_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs the resumed run will redo."""
+    """Drop metric lines of epochs the resumed run will redo, and a torn last line; atomically."""
     if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
-        path.write_text("".join(line + "\n" for line in keep))
+        keep = [row for row in read_metrics(path) if row["epoch"] <= epochs_done]
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in keep))

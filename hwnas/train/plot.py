@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hwnas.errors import HwnasError
-from hwnas.train.loop import METRICS
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / METRICS
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise HwnasError(f"no {METRICS} in {run_dir} (is it a training run that finished an epoch?)") from None
+from hwnas.files import atomic_path
+from hwnas.train.loop import METRICS, read_metrics
 
 
 def plot_run(run_dir: Path, out: Path) -> Path:
@@ -24,7 +16,9 @@ def plot_run(run_dir: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
+    if not (run_dir / METRICS).is_file():
+        raise HwnasError(f"no {METRICS} in {run_dir} (is it a training run that finished an epoch?)")
+    rows = read_metrics(run_dir / METRICS)
     if not rows:
         raise HwnasError(f"{run_dir / METRICS} is empty")
     epochs = [r["epoch"] for r in rows]
@@ -41,6 +35,7 @@ def plot_run(run_dir: Path, out: Path) -> Path:
             axis.legend()
     fig.suptitle(str(run_dir))
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return out

@@ -17,7 +17,7 @@ import torch
 from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet
 from hwnas.space import SearchSpace
-from hwnas.train.checkpoint import FILENAME, check_resume, load_checkpoint
+from hwnas.train.checkpoint import FILENAME, claim, load_checkpoint
 from hwnas.train.config import Config, TrainConfig, coerce, load_toml
 from hwnas.train.data import Splits, build_splits, load_indices, save_indices
 from hwnas.train.distributed import Dist, init_distributed
@@ -85,12 +85,30 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> tuple[BinaryNet, dict]:
-    """Train (or resume) a supernet into ``run_dir``; returns it and the last epoch's metrics."""
+    """Train (or resume) a supernet into ``run_dir``; returns it and the last epoch's metrics.
+
+    The directory is locked while it trains; on resume its files are rewritten only once the
+    checkpoint has loaded into the model of ``config`` (see :func:`hwnas.train.loop.train_loop`).
+    """
     d = init_distributed(config.threads)
-    check_resume(run_dir, resume)
+    with claim(run_dir, resume, main=d.main) as resume:
+        return _train(config, run_dir, resume, d)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, d: Dist) -> tuple[BinaryNet, dict]:
     indices = load_indices(run_dir / SPLITS) if resume else None
     splits = build_splits(config, indices)
-    _prepare_dir(run_dir, config, splits, d)
+
+    def prepare() -> None:
+        config.save(run_dir / CONFIG)
+        save_indices(splits, run_dir / SPLITS)
+        _log.info(
+            f"training a supernet on {config.data}: {len(splits.train)} train / {len(splits.val)} val images, "
+            f"lr {config.lr:.3g}"
+        )
+
+    if not resume and d.main:  # nothing to protect yet: the config first, so a run killed at once still resumes
+        prepare()
     torch.manual_seed(config.seed)
     supernet = build_model(config, splits.num_classes)
     space = config_space(config)
@@ -101,19 +119,7 @@ def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> 
         supernet.set_mode(config.teacher)
         init_thresholds(supernet, calib[0][0])
     data = LoopData(splits.train, calib, preload(splits.val, config.batch_size))
-    if d.main:
-        _log.info(
-            f"training a supernet on {config.data}: {len(splits.train)} train / {len(splits.val)} val images, "
-            f"lr {config.lr:.3g}"
-        )
-    return supernet, train_loop(objective, config, data, run_dir, d, resume)
-
-
-def _prepare_dir(run_dir: Path, config: TrainConfig, splits: Splits, d: Dist) -> None:
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG)
-        save_indices(splits, run_dir / SPLITS)
+    return supernet, train_loop(objective, config, data, run_dir, d, resume, prepare if resume else None)
 
 
 def resolve_for_resume(run_dir: Path, cli: dict, file: Path | None, base: Config = DEFAULTS) -> Config:
