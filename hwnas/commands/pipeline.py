@@ -217,9 +217,17 @@ def _search(run_dir: Path, objective: str, trials: int) -> dict[str, Any]:
         chosen, unit, key = quantile_budget(run.space, lambda a: costs.latency_ms(a)[TARGET]), "ms", "budget_ms"
     settings = SearchSettings(objective, (TARGET,), **{key: chosen.value})
     log(f"[search-{objective}] {trials} trials, budget {chosen.reason(unit)}")
-    result = search(run_dir, settings, trials).to_json()
+    result = search(run_dir, settings, trials, study_name=_study_name(run, settings)).to_json()
     check_front(result, objective, {key: chosen.value})  # before the step is recorded: a rerun searches on
     return {**result, "budget": {"value": chosen.value, "unit": unit, "why": chosen.reason(unit)}}
+
+
+def _study_name(run: Any, settings: Any) -> str:
+    """The pipeline's study for ``settings``, named after the supernet's checkpoint: retrained
+    weights start new studies instead of being refused by the old ones (scored by other weights)."""
+    from hwnas.search.study import weights_identity
+
+    return f"{settings.default_name()}-{weights_identity(run)['checkpoint_sha256'][:10]}"
 
 
 def check_front(result: dict[str, Any], objective: str, budget: dict[str, float]) -> None:
@@ -268,8 +276,14 @@ def _best(search_result: dict[str, Any]) -> Arch:
 def _compare(run_dir: Path, out: Path) -> dict[str, Any]:
     from hwnas.search.comparison import compare_studies
     from hwnas.search.comparison_report import write_report
+    from hwnas.search.study import SearchSettings
 
-    comparison = compare_studies(run_dir, TARGET)
+    run = load_run(run_dir)
+    studies = (
+        _study_name(run, SearchSettings("ops", ())),
+        _study_name(run, SearchSettings("latency", (TARGET,))),
+    )
+    comparison = compare_studies(run_dir, TARGET, studies)
     report = write_report(comparison, out / "report")
     log(f"[compare] report: {report}")
     return {**comparison.to_json(), "report": str(report)}
