@@ -3,7 +3,9 @@
 Conventions the compiler relies on:
 - ``sign(v) = +1 if v >= 0 else -1`` for activations and weights (``torch.sign`` would give 0).
 - Binary activations are padded with **+1** before a k x k conv (k > 1), so border outputs are
-  plain +-1 dot products with no correction term; real-valued activations pad with zeros.
+  plain +-1 dot products with no correction term; real-valued activations pad with zeros. (The
+  ``nasbnn`` convention of an imported run pads with 0 like the authors' code; the compiler
+  subtracts the border's weights, see ``hwnas.compile.fold.border_correction``.)
 - A binary weight is ``mean|W|`` per output channel times ``sign(W)``; the conv runs on the signs
   and its output is scaled, and the scale folds into the following BatchNorm at inference.
 """
@@ -40,9 +42,13 @@ def binary_activation(x: Tensor) -> Tensor:
     return _ApproxSign.apply(x)
 
 
-def channel_norm(w: Tensor, eps: float = 1e-5) -> Tensor:
-    """Channel-wise weight normalization: zero mean, unit variance per output channel."""
-    var, mean = torch.var_mean(w, dim=tuple(range(1, w.dim())), keepdim=True, unbiased=False)
+def channel_norm(w: Tensor, eps: float = 1e-5, unbiased: bool = False) -> Tensor:
+    """Channel-wise weight normalization: zero mean, unit variance per output channel.
+
+    hwnas divides by sqrt(biased variance + eps); the authors' code (``nasbnn`` convention) by
+    the unbiased standard deviation without eps (``eps=0, unbiased=True``).
+    """
+    var, mean = torch.var_mean(w, dim=tuple(range(1, w.dim())), keepdim=True, unbiased=unbiased)
     return (w - mean) / torch.sqrt(var + eps)
 
 
@@ -133,7 +139,7 @@ def init_lsq_step(w: Tensor, bits: int = 8) -> Tensor:
     return 2 * w.detach().abs().mean() / math.sqrt(2 ** (bits - 1) - 1)
 
 
-def pad_binary(x: Tensor, k: int) -> Tensor:
-    """Pad +-1 activations by k // 2 with +1 on every side (see the module docstring)."""
+def pad_binary(x: Tensor, k: int, value: float = 1.0) -> Tensor:
+    """Pad +-1 activations by k // 2 with +1 (``value``) on every side (see the module docstring)."""
     p = k // 2
-    return F.pad(x, [p, p, p, p], value=1.0) if p else x
+    return F.pad(x, [p, p, p, p], value=value) if p else x
