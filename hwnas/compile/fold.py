@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hwnas.arch import Arch, LayerShape
+from hwnas.compile.binconv import border_rows
 from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet, Mode
 from hwnas.model.binary import RPReLU
@@ -40,6 +42,7 @@ class FoldedConv:
     scale: np.ndarray  # [c_out]
     bias: np.ndarray  # [c_out]
     act: Activation
+    border: np.ndarray | None = None  # zero padding (nasbnn): int32 [rows, cols, c_out], binconv.border_rows
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,22 @@ def _act(act: RPReLU, c: int) -> Activation:
     return Activation(_np(act.shift_in[:c]), _np(act.slope[:c]), _np(act.shift_out[:c]))
 
 
+def border_correction(signs: torch.Tensor, groups: int, stride: int, size: int) -> np.ndarray:
+    """What a +1-padded binary conv counts in its border, per output position class and channel.
+
+    Zero padding (the ``nasbnn`` convention) gives ``dot - border``; the rows and columns kept
+    are those of :func:`hwnas.compile.binconv.border_rows`.
+    """
+    k = signs.shape[-1]
+    p = k // 2
+    pad = F.pad(torch.zeros(1, signs.shape[1] * groups, size, size, dtype=torch.float64), [p] * 4, value=1.0)
+    full = F.conv2d(pad, signs.double(), stride=stride, groups=groups)[0].round().to(torch.int32)
+    n = full.shape[-1]
+    lead, tail, m = border_rows(size, n, k, stride)
+    keep = list(range(n)) if m == n else [*range(lead), lead, *range(n - tail, n)]
+    return np.ascontiguousarray(full[:, keep][:, :, keep].permute(1, 2, 0).numpy())
+
+
 @torch.no_grad()
 def fold(net: BinaryNet, resolution: int) -> FoldedNet:
     """Fold ``net``'s active architecture (BWBA mode, eval mode) for inputs of ``resolution``."""
@@ -97,8 +116,10 @@ def fold(net: BinaryNet, resolution: int) -> FoldedNet:
         ):
             signs, w_scale = conv.binary_weight(c_out, shape.c_in, k, g)
             scale, bias = _bn_affine(bn, c_out, w_scale)
-            signs = _np(signs)
-            convs.append(FoldedConv(_np(rsign.threshold[: shape.c_in]), signs, scale, bias, _act(act, c_out)))
+            stride, size = (shape.stride, shape.size_in) if k > 1 else (1, shape.size_out)
+            border = border_correction(signs, g, stride, size) if conv.nasbnn and k > 1 else None
+            act_ = _act(act, c_out)
+            convs.append(FoldedConv(_np(rsign.threshold[: shape.c_in]), _np(signs), scale, bias, act_, border))
         layers.append(FoldedLayer(shape, *convs))
     c = arch.stem
     stem_scale, stem_bias = _bn_affine(net.stem.bn, c, torch.ones(c))

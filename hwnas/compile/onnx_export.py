@@ -29,6 +29,7 @@ class _Conv(nn.Module):
     def __init__(self, conv: FoldedConv, groups: int, stride: int) -> None:
         super().__init__()
         self.groups, self.stride, self.k = groups, stride, conv.weight.shape[-1]
+        self.pad_value = 1.0 if conv.border is None else 0.0  # zero padding: the nasbnn convention
         self.register_buffer("threshold", _vec(conv.threshold))
         self.register_buffer("weight", torch.from_numpy(conv.weight))
         self.register_buffer("scale", _vec(conv.scale))
@@ -36,7 +37,7 @@ class _Conv(nn.Module):
         self.act = _Act(conv.act)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        bits = pad_binary(sign(x - self.threshold), self.k)
+        bits = pad_binary(sign(x - self.threshold), self.k, self.pad_value)
         dot = F.conv2d(bits, self.weight, stride=self.stride, groups=self.groups)
         return self.act(dot * self.scale + self.bias + residual)
 

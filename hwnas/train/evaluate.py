@@ -67,24 +67,27 @@ def accuracy(net: nn.Module, batches: Batches, device: torch.device | str = "cpu
 def evaluate_subnet(
     supernet: BinaryNet,
     arch: Arch,
-    calib: Batches,
+    calib: Batches | None,
     batches: Batches,
     mode: Mode = Mode.BWBA,
     device: torch.device | str = "cpu",
 ) -> float:
-    """Top-1 accuracy of ``arch`` with inherited weights after BN recalibration on ``calib``."""
+    """Top-1 accuracy of ``arch`` with inherited weights after BN recalibration on ``calib``
+    (None: with the supernet's stored BN statistics)."""
     return accuracy(calibrated_subnet(supernet, arch, calib, mode, device), batches, device)
 
 
 def calibrated_subnet(
-    supernet: BinaryNet, arch: Arch, calib: Batches, mode: Mode = Mode.BWBA, device: torch.device | str = "cpu"
+    supernet: BinaryNet, arch: Arch, calib: Batches | None, mode: Mode = Mode.BWBA, device: torch.device | str = "cpu"
 ) -> BinaryNet:
-    """A standalone copy of ``arch`` in ``mode`` with recalibrated BN; the supernet is left as it was."""
+    """A standalone copy of ``arch`` in ``mode`` with recalibrated BN (``calib`` None: the stored
+    statistics); the supernet is left as it was."""
     active = supernet.active
     subnet = supernet.extract(arch).to(device)
     supernet.set_active(active)
     subnet.set_mode(mode)
-    calibrate_bn(subnet, calib, device)
+    if calib is not None:
+        calibrate_bn(subnet, calib, device)
     return subnet.eval()
 
 

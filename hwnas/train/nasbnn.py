@@ -29,13 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hwnas.arch import Arch
+from hwnas.arch import Arch, cand_json
 from hwnas.errors import ArchError, HwnasError
 from hwnas.files import atomic_write_json, atomic_write_text
 from hwnas.model import BinaryNet, ModelOptions, build_supernet
 from hwnas.space import NASBNN
 from hwnas.train.checkpoint import FILENAME, save_checkpoint
 from hwnas.train.config import TrainConfig
+from hwnas.train.data import build_splits
 
 _log = logging.getLogger(__name__)
 
@@ -100,16 +101,17 @@ def _target(key: str) -> tuple[str, Rule] | None:
     return None
 
 
-def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """The authors' state dict from ``{'state_dict': ...}`` or a bare one, DDP's ``module.`` removed."""
-    obj = _load(path)
+def read_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    """The authors' state dict from ``{'state_dict': ...}`` or a bare one (``obj``, read from
+    ``path``), DDP's ``module.`` removed."""
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise HwnasError(f"{path}: neither a state dict nor a dict with 'state_dict'")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _load(path: Path) -> Any:
+def load_release(path: Path) -> Any:
+    """A file of the authors' release, read with the safe loader if it can."""
     if not path.is_file():
         raise HwnasError(f"checkpoint not found: {path}")
     try:
@@ -162,32 +164,10 @@ def _check_cand(key: str, value: Tensor) -> None:
 
 
 def cand_to_arch(cand: Any) -> Arch:
-    """An authors' candidate (rows ``[stage, block, channels, kernel, groups1, groups2]``, or the
-    same flattened, as their ``info.pth.tar`` keeps them) as an Arch; rows with stage or block
-    -1 are skipped layers. Validated against the NAS-BNN space."""
-    values = [int(v) for v in (cand.flatten().tolist() if isinstance(cand, Tensor) else _flatten(cand))]
-    if not values or len(values) % 6:
-        raise ArchError(f"a NAS-BNN candidate has rows of 6 integers, got {len(values)} values")
-    rows = [values[i : i + 6] for i in range(0, len(values), 6)]
-    stem, stages = None, [[] for _ in NASBNN.stages]
-    for stage, block, c, k, g1, g2 in rows:
-        if stage == -1 or block == -1:
-            continue
-        if stage == 0:
-            stem = c
-        elif 1 <= stage <= len(stages) and g2 == 1:
-            stages[stage - 1].append(f"c{c}_k{k}_g{g1}")
-        else:
-            raise ArchError(f"candidate row {[stage, block, c, k, g1, g2]} is not a NAS-BNN layer")
-    if stem is None:
-        raise ArchError("the candidate has no stem row (stage 0)")
-    return NASBNN.parse({"stem": stem, "stages": stages})
-
-
-def _flatten(obj: Any) -> list:
-    if isinstance(obj, list | tuple):
-        return [v for item in obj for v in _flatten(item)]
-    return [obj]
+    """An authors' candidate (a tensor or nested lists, :func:`hwnas.arch.cand_json`) as an Arch
+    of the NAS-BNN space."""
+    values = cand.flatten().tolist() if isinstance(cand, Tensor) else cand
+    return NASBNN.parse(cand_json(list(values)))
 
 
 @dataclass(frozen=True)
@@ -197,13 +177,22 @@ class Imported:
     tensors: int
 
 
-def import_checkpoint(checkpoint: Path, run_dir: Path) -> Imported:
-    """Write ``run_dir``: a run of the authors' supernet that every command taking a run accepts."""
-    theirs = read_state_dict(checkpoint)
+def is_search_result(obj: Any) -> bool:
+    """Whether a loaded release file is the authors' search result (else it should be a checkpoint)."""
+    return isinstance(obj, dict) and "pareto_global" in obj
+
+
+def import_checkpoint(obj: Any, checkpoint: Path, run_dir: Path, data: str | None = None) -> Imported:
+    """Write ``run_dir``: a run of the authors' supernet (``obj``, loaded from ``checkpoint``) that
+    every command taking a run accepts (``data``: its ImageFolder for calibration, evaluation and
+    search; "none" by default)."""
+    theirs = read_state_dict(obj, checkpoint)
     if "fc.weight" not in theirs:
         raise HwnasError(f"{checkpoint}: no classifier (fc.weight); not a NAS-BNN supernet checkpoint")
     num_classes = int(theirs["fc.weight"].shape[0])
-    config = IMPORTED_CONFIG
+    config = IMPORTED_CONFIG if data is None else replace(IMPORTED_CONFIG, data=data)
+    if data is not None:
+        build_splits(config)  # a bad data path fails before anything is written
     options = ModelOptions(config.bi_transform, config.weight_norm, config.convention)
     supernet = build_supernet(NASBNN, num_classes, options)
     state = convert_state(theirs, supernet)
@@ -214,14 +203,14 @@ def import_checkpoint(checkpoint: Path, run_dir: Path) -> Imported:
     save_checkpoint(run_dir / FILENAME, {"model": supernet.state_dict(), "position": {"epoch": 0}})
     atomic_write_json(run_dir / "splits.json", {})
     atomic_write_text(run_dir / "imported.json", json.dumps({"source": str(checkpoint), "num_classes": num_classes}))
-    atomic_write_text(run_dir / "config.json", json.dumps(replace(config).to_json(), indent=1) + "\n")
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_json(), indent=1) + "\n")
     return Imported(run_dir, num_classes, len(theirs))
 
 
-def import_search(info: Path, out_dir: Path) -> list[dict[str, Any]]:
-    """The authors' search result (``info.pth.tar``): one arch file per OPs bucket of its front
-    (``ops-N.json``) and ``front.json`` listing them with their accuracy and OPs as searched."""
-    obj = _load(info)
+def import_search(obj: Any, info: Path, out_dir: Path) -> list[dict[str, Any]]:
+    """The authors' search result (``obj``, loaded from ``info.pth.tar``): one arch file per OPs
+    bucket of its front (``ops-N.json``) and ``front.json`` listing them with their accuracy and
+    OPs as searched."""
     if not isinstance(obj, dict) or "pareto_global" not in obj or "vis_dict" not in obj:
         raise HwnasError(f"{info}: not a NAS-BNN search result (no 'pareto_global' and 'vis_dict')")
     out_dir.mkdir(parents=True, exist_ok=True)
