@@ -186,7 +186,12 @@ def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
 
 
 def conv_compute(
-    shape: ConvShape, tile: Tile, affine: bool = False, residual: Residual | None = None, zero_pad: bool = False
+    shape: ConvShape,
+    tile: Tile,
+    affine: bool = False,
+    residual: Residual | None = None,
+    zero_pad: bool = False,
+    weight_scale: bool = False,
 ) -> list[te.Tensor]:
     """TE compute of the binary conv in the packed layout; returns [inputs..., output].
 
@@ -219,20 +224,24 @@ def conv_compute(
         return [act, wgt, out]
     scale = te.placeholder((shape.c_out,), "float32", name="scale")
     bias = te.placeholder((shape.c_out,), "float32", name="bias")
-    border: list[te.Tensor] = []
+    extra: list[te.Tensor] = []  # weight scale, then the border table, after ``bias``
+    if weight_scale:
+        extra.append(te.placeholder((shape.c_out,), "float32", name="weight_scale"))
     if zero_pad:
         rows = border_rows(shape.height, shape.out_height, k, s)
         cols = border_rows(shape.width, shape.out_width, k, s)
-        border = [te.placeholder((rows[2], cols[2], shape.c_out), "int32", name="border")]
+        extra.append(te.placeholder((rows[2], cols[2], shape.c_out), "int32", name="border"))
 
     def affine_dot(y, x, c):
         d = dot(y, x, c)
         if zero_pad:
-            d = d - border[0][border_index(y, shape.out_height, rows), border_index(x, shape.out_width, cols), c]
+            d = d - extra[-1][border_index(y, shape.out_height, rows), border_index(x, shape.out_width, cols), c]
+        if weight_scale:  # PyTorch's order: (D * s), then BatchNorm as one fused multiply-add
+            return tirx.op.fma(d.astype("float32") * extra[0][c], scale[c], bias[c])
         return d.astype("float32") * scale[c] + bias[c]
 
     if residual is None:
-        return [act, wgt, scale, bias, *border, te.compute(shape.output_shape, affine_dot, name="out")]
+        return [act, wgt, scale, bias, *extra, te.compute(shape.output_shape, affine_dot, name="out")]
     src = te.placeholder(shape.residual_shape(residual), "float32", name="residual")
     act_params = activation_params(shape.c_out, "act")
     out = te.compute(
@@ -240,7 +249,7 @@ def conv_compute(
         lambda y, x, c: rprelu(affine_dot(y, x, c) + residual.read(src, y, x, c), c, *act_params),
         name="out",
     )
-    return [act, wgt, scale, bias, *border, src, *act_params, out]
+    return [act, wgt, scale, bias, *extra, src, *act_params, out]
 
 
 def schedule_conv(func: tirx.PrimFunc, tile: Tile) -> tirx.PrimFunc:
@@ -274,6 +283,7 @@ def binary_conv2d(
     affine: bool = False,
     residual: Residual | None = None,
     zero_pad: bool = False,
+    weight_scale: bool = False,
 ) -> tuple[tirx.PrimFunc, Tile]:
     """A scheduled PrimFunc of one binary conv layer for a target, and the tile it uses.
 
@@ -281,10 +291,12 @@ def binary_conv2d(
     packed weights (``bitpack.pack_weights`` with ``tile.vb`` and ``tile.word_bits``), then
     ``scale, bias`` if ``affine``; with ``residual`` instead ``scale, bias, residual source,
     shift_in, slope, shift_out`` (the fused tail, see ``conv_compute``); then the output. With
-    ``zero_pad`` the border correction table follows ``bias``.
+    ``weight_scale`` the per-channel weight scale follows ``bias`` (the result is then
+    ``fma(dot * weight_scale, scale, bias)``, PyTorch's rounding), and with ``zero_pad`` the
+    border correction table follows.
     """
     tile = tile or choose_tile(shape, target)
     if shape.cog % tile.vb or shape.out_width % tile.px:
         raise ValueError(f"tile {tile} does not divide c_out/groups={shape.cog} or W_out={shape.out_width}")
-    func = te.create_prim_func(conv_compute(shape, tile, affine, residual, zero_pad))
+    func = te.create_prim_func(conv_compute(shape, tile, affine, residual, zero_pad, weight_scale))
     return schedule_conv(func, tile), tile

@@ -43,6 +43,7 @@ class FoldedConv:
     bias: np.ndarray  # [c_out]
     act: Activation
     border: np.ndarray | None = None  # zero padding (nasbnn): int32 [rows, cols, c_out], binconv.border_rows
+    weight_scale: np.ndarray | None = None  # nasbnn: s kept apart, fma(D * s, scale, bias) as PyTorch rounds
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ def _bn_affine(bn: ElasticBatchNorm2d, c: int, pre_scale: torch.Tensor) -> tuple
     return _np(pre_scale * inv), _np(bn.bias[:c] - bn.running_mean[:c] * inv)
 
 
+def _bn_torch(bn: ElasticBatchNorm2d, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNorm as PyTorch's CPU kernel computes it in eval mode: ``fma(x, alpha, beta)`` with
+    alpha = rsqrt(var + eps) * gamma and beta = beta - mean * alpha (one rounding)."""
+    alpha = torch.rsqrt(bn.running_var[:c] + bn.eps) * bn.weight[:c]
+    return _np(alpha), _np(torch.addcmul(bn.bias[:c], bn.running_mean[:c], alpha, value=-1))
+
+
 def _act(act: RPReLU, c: int) -> Activation:
     return Activation(_np(act.shift_in[:c]), _np(act.slope[:c]), _np(act.shift_out[:c]))
 
@@ -115,11 +123,12 @@ def fold(net: BinaryNet, resolution: int) -> FoldedNet:
             (block.conv2, block.rsign2, block.bn2, block.act2, shape.c_out, 1, 1),
         ):
             signs, w_scale = conv.binary_weight(c_out, shape.c_in, k, g)
-            scale, bias = _bn_affine(bn, c_out, w_scale)
+            scale, bias = _bn_torch(bn, c_out) if conv.nasbnn else _bn_affine(bn, c_out, w_scale)
             stride, size = (shape.stride, shape.size_in) if k > 1 else (1, shape.size_out)
             border = border_correction(signs, g, stride, size) if conv.nasbnn and k > 1 else None
+            exact = _np(w_scale) if conv.nasbnn else None
             act_ = _act(act, c_out)
-            convs.append(FoldedConv(_np(rsign.threshold[: shape.c_in]), _np(signs), scale, bias, act_, border))
+            convs.append(FoldedConv(_np(rsign.threshold[: shape.c_in]), _np(signs), scale, bias, act_, border, exact))
         layers.append(FoldedLayer(shape, *convs))
     c = arch.stem
     stem_scale, stem_bias = _bn_affine(net.stem.bn, c, torch.ones(c))
