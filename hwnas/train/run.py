@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet
@@ -22,7 +22,7 @@ from hwnas.train.checkpoint import FILENAME, check_resume, load_checkpoint
 from hwnas.train.config import Config, TrainConfig, coerce, load_toml
 from hwnas.train.data import Splits, build_splits, load_indices, save_indices
 from hwnas.train.distributed import Dist, init_distributed
-from hwnas.train.evaluate import preload
+from hwnas.train.evaluate import preload, stream
 from hwnas.train.init import init_thresholds
 from hwnas.train.loop import LoopData, train_loop
 from hwnas.train.sandwich import Sandwich
@@ -51,10 +51,10 @@ class Run:
         self._need_data("recalibrate BatchNorm (or pass --no-calibration)")
         return preload(self.splits.train, self.config.batch_size, n or self.config.calib_batches, self.config.seed)
 
-    def batches(self, split: str) -> list:
-        """All of ``split`` ("val" or "test"), batched in memory."""
+    def batches(self, split: str) -> DataLoader:
+        """``split`` ("val" or "test") streamed in batches (bounded memory, re-iterable)."""
         self._need_data("evaluate")
-        return preload(self.splits.get(split), self.config.batch_size)
+        return stream(self.splits.get(split), self.config.batch_size, self.config.workers)
 
     def _need_data(self, why: str) -> None:
         if self.config.data == "none":
@@ -121,7 +121,7 @@ def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> 
         supernet.set_active(space.largest())
         supernet.set_mode(config.teacher)
         init_thresholds(supernet, calib[0][0])
-    data = LoopData(splits.train, calib, preload(splits.val, config.batch_size))
+    data = LoopData(splits.train, calib, stream(splits.val, config.batch_size, config.workers))
     if d.main:
         _log.info(
             f"training a supernet on {config.data}: {len(splits.train)} train / {len(splits.val)} val images, "
