@@ -32,7 +32,7 @@ from hwnas.errors import HwnasError
 from hwnas.search.encoding import Encoding
 from hwnas.search.objectives import AccuracyOracle, CostModel
 from hwnas.search.points import Point, is_feasible
-from hwnas.search.samplers import make_sampler
+from hwnas.search.samplers import EVOLUTION, make_sampler
 from hwnas.space import SearchSpace
 from hwnas.train.run import Run, load_run
 
@@ -298,7 +298,7 @@ def search(
     url = storage or default_storage(run_dir)
     store = open_storage(url)
     name = study_name or settings.default_name()
-    study = create_or_check(store, name, settings, [] if sampler == "paper" else _anchors(run.space))
+    study = create_or_check(store, name, settings, [] if sampler in EVOLUTION else _anchors(run.space))
     left = trials - len(finished(study))
     if left > 0:
         shares = [left // workers + (i < left % workers) for i in range(workers)]
