@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+_EPS = torch.finfo(torch.float32).eps  # their forward clamps the stem's step to it
+
 # (widths, depths, kernels, groups, stride) per stage; stage 0 is the stem
 CFG = [
     ((24, 32, 48), (1,), (3,), (1,), 2),
@@ -38,8 +40,10 @@ def _bias(c: int, g: torch.Generator) -> Tensor:
     return 0.1 * torch.randn(1, c, 1, 1, generator=g)
 
 
-def random_checkpoint(classes: int = 10, seed: int = 0) -> dict[str, Tensor]:
-    """A supernet state dict in the authors' format with random values."""
+def random_checkpoint(classes: int = 10, seed: int = 0, dead_stem: int = 0) -> dict[str, Tensor]:
+    """A supernet state dict in the authors' format with random values; the first ``dead_stem``
+    stem channels are exactly 0 after the first sign (their 8-bit weights and biases are 0), as
+    every channel is in their freshly initialised model (its LSQ step 1 rounds all weights to 0)."""
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, Tensor] = {}
     c_max = max(CFG[0][0])
@@ -72,6 +76,9 @@ def random_checkpoint(classes: int = 10, seed: int = 0) -> dict[str, Tensor]:
             sd[p + "prelu2.prelu.weight"] = 0.25 + 0.1 * torch.randn(oup, generator=g)
             sd[p + "move23.bias"] = _bias(oup, g)
         prev = max(widths)
+    for key in ("conv.weight", "bn.bn.bias", "bn.bn.running_mean", "move1.bias", "move2.bias"):
+        sd["features.0.0." + key][(slice(None), slice(0, dead_stem)) if "move" in key else slice(0, dead_stem)] = 0
+    sd["features.1.0.move11.bias"][:, :dead_stem] = 0
     sd["fc.weight"] = 0.05 * torch.randn(classes, prev, generator=g)
     sd["fc.bias"] = 0.05 * torch.randn(classes, generator=g)
     sd["biggest_cand"] = extreme_cand(biggest=True)
@@ -160,7 +167,7 @@ def reference_logits(sd: dict[str, Tensor], cand: Tensor, x: Tensor) -> Tensor:
                 continue
             p = f"features.{i}.{j}."
             if i == 0:
-                w, s = sd[p + "conv.weight"][:c], sd[p + "conv.w_scale"][:c].view(-1, 1, 1, 1)
+                w, s = sd[p + "conv.weight"][:c], sd[p + "conv.w_scale"][:c].clamp(min=_EPS).view(-1, 1, 1, 1)
                 x = F.conv2d(x, torch.round(w / s).clamp(-128, 127) * s, stride=2, padding=1)
                 x = _plus(_bn_apply(x, sd, p + "bn.bn."), sd, p + "move1.bias")
                 x = _plus(F.prelu(x, sd[p + "relu.prelu.weight"][:c]), sd, p + "move2.bias")

@@ -31,7 +31,7 @@ CLASSES = 10
 
 @pytest.fixture(scope="module")
 def checkpoint():
-    return random_checkpoint(CLASSES, seed=1)
+    return random_checkpoint(CLASSES, seed=1, dead_stem=8)
 
 
 @pytest.fixture(scope="module")

@@ -25,21 +25,24 @@ def sign(x: Tensor) -> Tensor:
 
 
 class _ApproxSign(torch.autograd.Function):
-    """Sign forward; ReActNet/Bi-Real piecewise-polynomial backward, d/dx = max(0, 2 - 2|x|)."""
+    """Sign forward; ReActNet/Bi-Real piecewise-polynomial backward, d/dx = max(0, 2 - 2|x|).
+
+    ``torch_sign``: ``torch.sign`` (0 at 0), the authors' convention (``nasbnn``).
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, torch_sign: bool = False) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        return sign(x)
+        return torch.sign(x) if torch_sign else sign(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return grad * (2 - 2 * x.abs()).clamp_(min=0)
+        return grad * (2 - 2 * x.abs()).clamp_(min=0), None
 
 
-def binary_activation(x: Tensor) -> Tensor:
-    return _ApproxSign.apply(x)
+def binary_activation(x: Tensor, torch_sign: bool = False) -> Tensor:
+    return _ApproxSign.apply(x, torch_sign)
 
 
 def channel_norm(w: Tensor, eps: float = 1e-5, unbiased: bool = False) -> Tensor:
@@ -95,12 +98,13 @@ class PerChannel(nn.Module):
 class RSign(PerChannel):
     """Learnable per-channel threshold, then sign (only when activations are binary)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, torch_sign: bool = False) -> None:
         super().__init__()
         self.threshold = nn.Parameter(torch.zeros(channels))
+        self.torch_sign = torch_sign  # nasbnn: 0 where x equals the threshold, as the authors' code
 
     def forward(self, x: Tensor, binary: bool) -> Tensor:
-        return binary_activation(x - self._param(self.threshold, x)) if binary else x
+        return binary_activation(x - self._param(self.threshold, x), self.torch_sign) if binary else x
 
 
 class RPReLU(PerChannel):

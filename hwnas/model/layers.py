@@ -14,7 +14,8 @@ reads input slice (i mod r) of width c_in / g, r = min(c_in, stored) // (c_in / 
 floor is what keeps it defined in the 512-of-768 case); a smaller kernel is the centre crop of
 the next larger one times that size's matrix (OFA's kernel transformation, in every mode); the
 Bi-Transformation applies to the largest kernel only and comes *before* weight normalization,
-which divides by the unbiased std without eps; binary activations are zero-padded; the stem's
+which divides by the unbiased std without eps; binary activations are ``torch.sign`` (0 at 0) and
+zero-padded; the stem's
 8-bit step is per output channel and always applied.
 """
 
@@ -231,11 +232,12 @@ class SeparableBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.stride = stride
-        self.rsign1 = RSign(c_in)
+        nasbnn = Convention(convention) is Convention.NASBNN
+        self.rsign1 = RSign(c_in, torch_sign=nasbnn)
         self.conv1 = BinaryConv2d(c_in, c_in // min_groups, kernels, bi_transform, weight_norm, convention)
         self.bn1 = ElasticBatchNorm2d(c_in)
         self.act1 = RPReLU(c_in)
-        self.rsign2 = RSign(c_in)
+        self.rsign2 = RSign(c_in, torch_sign=nasbnn)
         self.conv2 = BinaryConv2d(c_out, c_in, (1,), bi_transform, weight_norm, convention)
         self.bn2 = ElasticBatchNorm2d(c_out)
         self.act2 = RPReLU(c_out)
