@@ -6,9 +6,10 @@
    function of the arch), and with the real supernet accuracy (BN recalibration + validation
    split), both on a SQLite study as ``hwnas search`` runs it.
 3. Search quality at equal budget: ``--trials`` accuracy evaluations per search, ``--seeds``
-   seeds, samplers TPE, NSGA-II, GP and the paper's evolution; hypervolume of each search's trials
-   in (accuracy, predicted latency) space, one reference point for all (accuracy 0, latency 1.1x
-   the slowest subnet seen). Accuracies are cached across searches (one arch, one accuracy).
+   seeds, samplers TPE, NSGA-II, GP, the authors' evolution (nasbnn) and hwnas's interval
+   evolution (intervals); hypervolume of each search's trials in (accuracy, predicted latency)
+   space, one reference point for all (accuracy 0, latency 1.1x the slowest subnet seen).
+   Accuracies are cached across searches (one arch, one accuracy).
 
     python benchmarks/search.py [--run hwnas-out/supernet] [--target local] [--trials 60] [--seeds 3] [--json]
 """
@@ -34,7 +35,7 @@ from hwnas.search.study import SearchSettings, TrialObjective, default_storage, 
 from hwnas.space import NASBNN
 from hwnas.train.run import load_run
 
-SAMPLERS = ("tpe", "nsga2", "gp", "paper")
+SAMPLERS = ("tpe", "nsga2", "gp", "nasbnn", "intervals")
 
 
 class ProxyOracle:

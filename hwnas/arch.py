@@ -173,7 +173,10 @@ class Arch:
 
     @classmethod
     def from_json(cls, obj: Any) -> Arch:
-        """Parse the JSON structure (not yet checked against a search space)."""
+        """Parse the JSON structure (not yet checked against a search space); a list is read as
+        the NAS-BNN authors' candidate format (:func:`cand_json`)."""
+        if isinstance(obj, list):
+            obj = cand_json(obj)
         if not isinstance(obj, dict):
             raise ArchError("arch: the top level must be an object with keys 'stem' and 'stages'")
         unknown = set(obj) - {"stem", "stages", "strides"}
@@ -195,3 +198,32 @@ class Arch:
         if not isinstance(strides, list | tuple) or not all(v in (1, 2) for v in strides):
             raise ArchError(f"arch: 'strides' must be a list of 1s and 2s, got {strides!r}")
         return cls(stem, parsed, tuple(strides))
+
+
+def cand_json(cand: list) -> dict[str, Any]:
+    """The NAS-BNN authors' candidate as arch JSON: rows ``[stage, block, channels, kernel,
+    groups1, groups2]`` (or the same flattened, as their ``info.pth.tar`` keeps them), stage 0 the
+    stem; rows with stage or block -1 are layers the subnet skips; groups2 (the 1x1 conv's) is 1."""
+    values = _flatten(cand)
+    if not values or len(values) % 6 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ArchError(f"a NAS-BNN candidate has rows of 6 integers, got {len(values)} values")
+    stem, stages = None, [[] for _ in DEFAULT_STRIDES]
+    for row in (values[i : i + 6] for i in range(0, len(values), 6)):
+        stage, block, c, k, g1, g2 = row
+        if stage == -1 or block == -1:
+            continue
+        if stage == 0:
+            stem = c
+        elif 1 <= stage <= len(stages) and g2 == 1:
+            stages[stage - 1].append(f"c{c}_k{k}_g{g1}")
+        else:
+            raise ArchError(f"candidate row {row} is not a NAS-BNN layer")
+    if stem is None:
+        raise ArchError("the candidate has no stem row (stage 0)")
+    return {"stem": stem, "stages": stages}
+
+
+def _flatten(obj: Any) -> list:
+    if isinstance(obj, list | tuple):
+        return [v for item in obj for v in _flatten(item)]
+    return [obj]

@@ -213,3 +213,34 @@ def test_a_parameter_outside_the_encoding_is_sampled_reproducibly() -> None:
         return [t.params["x"] for t in study.trials]
 
     assert run(5) == run(5) != run(6)
+
+
+def test_nasbnn_sampler_follows_the_authors_search() -> None:
+    """Smallest and largest first, then random subnets in range; children come from the bucket
+    front, stay in range, are new and keep ND; the schedule is recorded per trial."""
+    from hwnas.search.evolution import NasbnnSampler
+
+    encoding = Encoding(NASBNN)
+    low, high = ops_m(NASBNN.smallest()), 150.0
+    config = EvolutionConfig(population=8, generations=3, select=2, mutations=4, crossovers=4)
+    sampler = NasbnnSampler(encoding, ops_m, low, high, config, seed=0)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(objective(encoding, ops_m), n_trials=config.per_interval)
+    trials = study.get_trials()
+    archs = [Arch.from_json(json.loads(t.user_attrs["arch"])) for t in trials]
+    assert archs[0] == NASBNN.smallest() and archs[1] == NASBNN.largest()
+    slots = [t.system_attrs[SLOT_ATTR] for t in trials]
+    assert [s["operator"] for s in slots[8:]] == (["mutation"] * 4 + ["crossover"] * 4) * 2
+    assert all(s["fits"] and low <= s["cost"] <= high for s in slots[2:])
+    assert len(set(archs)) == len(archs)
+    for arch in archs:
+        NASBNN.validate(arch)
+    # parents of generation 2 are exactly the bucket front of generations 0 and 1
+    front: dict[int, optuna.trial.FrozenTrial] = {}
+    for t in trials[:16]:
+        if t.system_attrs[SLOT_ATTR]["fits"] or t.number < 2:
+            bucket = round(t.system_attrs[SLOT_ATTR]["cost"] / sampler.step)
+            if bucket not in front or t.values[0] > front[bucket].values[0]:
+                front[bucket] = t
+    parents = sampler._parents(study, trials, config.slot(16, 1))
+    assert sorted(map(sampler._key, parents)) == sorted(sampler._key(t.params) for t in front.values())

@@ -17,7 +17,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, default=None, help="classes for random weights (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights and of verification inputs")
     p.add_argument("-o", "--output", type=Path, required=True, help="file to write")
+    p.add_argument(
+        "--no-calibration", action="store_true", help="keep the run's stored BatchNorm statistics (no recalibration)"
+    )
+    p.add_argument("--data", default=None, help="recalibrate on this dataset instead of the run's (imagefolder:PATH)")
     add_json_flag(p)
+
+
+def _subnet(args: argparse.Namespace):
+    """The arch and its deployable subnet from ``--weights`` (recalibrated unless --no-calibration)."""
+    from hwnas.compile.weights import load_subnet
+
+    return load_subnet(
+        args.arch,
+        args.weights,
+        args.resolution,
+        args.classes,
+        args.seed,
+        calibrate=not args.no_calibration,
+        data=args.data,
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,12 +66,11 @@ def cmd_compile(args: argparse.Namespace) -> None:
         time_torch_ms,
         verify,
     )
-    from hwnas.compile.weights import load_subnet
     from hwnas.errors import HwnasError
     from hwnas.targets.target import load_target
 
     target = load_target(args.target)
-    arch, sub = load_subnet(args.arch, args.weights, args.resolution, args.classes, args.seed)
+    arch, sub = _subnet(args)
     runs_here = target.connection.kind == "local"
     if (args.verify or args.bench) and not runs_here:
         raise HwnasError(f"--verify and --bench run on this machine; target {args.target} is a remote device")
@@ -96,9 +114,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from hwnas.compile.fold import fold
     from hwnas.compile.onnx_export import export_onnx
-    from hwnas.compile.weights import load_subnet
 
-    arch, sub = load_subnet(args.arch, args.weights, args.resolution, args.classes, args.seed)
+    arch, sub = _subnet(args)
     path = export_onnx(fold(sub.net, sub.resolution), args.output)
     data = {"output": str(path), "resolution": sub.resolution, "arch": arch.to_json()}
     text = f"wrote {path}"

@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random", type=int, metavar="N", help="instead: N random subnets plus the largest and smallest")
     p.add_argument("--seed", type=int, default=0, help="seed of the random subnets")
     p.add_argument("--split", choices=("val", "test"), default="val", help="evaluation split (default val)")
+    p.add_argument("--data", default=None, help="evaluate on this dataset instead of the run's (imagefolder:PATH)")
+    p.add_argument(
+        "--no-calibration", action="store_true", help="keep the run's stored BatchNorm statistics (no recalibration)"
+    )
     add_json_flag(p)
     p.set_defaults(func=cmd_eval)
 
@@ -65,9 +69,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     if (args.arch is None) == (args.random is None):
         raise HwnasError("eval needs either an ARCH file or --random N")
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, args.data)
     set_threads(run.config.threads)
-    calib, batches = run.calibration_batches(), run.batches(args.split)
+    calib, batches = None if args.no_calibration else run.calibration_batches(), run.batches(args.split)
     if args.arch is not None:
         arch = run.space.load(args.arch)
         acc = evaluate_subnet(run.supernet, arch, calib, batches)
@@ -93,7 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, args.data)
     arch = run.space.load(args.arch)
     out = args.out or args.run_dir / f"finetune-{args.arch.stem}"
     metrics = finetune(run, arch, finetune_config(run, overrides(args)), out, args.resume)

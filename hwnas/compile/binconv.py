@@ -11,6 +11,12 @@ input spatially by p = k // 2 with the value **+1**, so the reference is::
 with a, w_sign in {-1, +1} float32 and stride s in {1, 2}. The kernel returns that integer dot
 product exactly (int32), or ``scale[c] * dot + bias[c]`` (float32) with the affine epilogue.
 
+Zero padding (an imported run's ``nasbnn`` convention, the authors' rule) is the same kernel on
+the same +1-padded bits minus what the border contributed: ``dot_zero = dot - border[ry, rx, c]``,
+where ``border`` holds, per output channel, the sum of the weights that fall on padding. It
+depends only on how far an output pixel is from each edge, so the table keeps the ``lead``
+border rows, one interior row and the ``tail`` border rows of each axis (:func:`border_rows`).
+
 Bit layout (written down here once; ``bitpack`` produces it)
 -------------------------------------------------------------
 - One bit per value, **bit 1 means -1**, bit 0 means +1. Values are packed along the input
@@ -121,6 +127,26 @@ class ConvShape:
         return (self.out_height, self.out_width, self.c_out)
 
 
+def border_rows(size_in: int, size_out: int, k: int, stride: int) -> tuple[int, int, int]:
+    """(lead, tail, m): output rows along one axis whose window starts in the padding, rows whose
+    window ends in it, and the rows of the correction table (lead + 1 + tail, or every row when
+    no interior row is left between them)."""
+    p = k // 2
+    inside = [y * stride - p >= 0 and y * stride - p + k - 1 < size_in for y in range(size_out)]
+    lead = inside.index(True) if True in inside else size_out
+    tail = inside[::-1].index(True) if True in inside else 0
+    m = lead + 1 + tail
+    return (lead, tail, m) if m < size_out else (0, 0, size_out)
+
+
+def border_index(v: tirx.PrimExpr, size_out: int, rows: tuple[int, int, int]) -> tirx.PrimExpr:
+    """The correction table's row of output row ``v`` (see :func:`border_rows`)."""
+    lead, tail, m = rows
+    if m == size_out:
+        return v
+    return tirx.Select(v < lead, v, tirx.Select(v >= size_out - tail, v - (size_out - m), tirx.const(lead, "int32")))
+
+
 @dataclass(frozen=True)
 class Tile:
     """Register tile (``px`` output pixels along x times ``vb`` output channels) and word size."""
@@ -160,7 +186,12 @@ def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
 
 
 def conv_compute(
-    shape: ConvShape, tile: Tile, affine: bool = False, residual: Residual | None = None
+    shape: ConvShape,
+    tile: Tile,
+    affine: bool = False,
+    residual: Residual | None = None,
+    zero_pad: bool = False,
+    weight_scale: bool = False,
 ) -> list[te.Tensor]:
     """TE compute of the binary conv in the packed layout; returns [inputs..., output].
 
@@ -193,12 +224,24 @@ def conv_compute(
         return [act, wgt, out]
     scale = te.placeholder((shape.c_out,), "float32", name="scale")
     bias = te.placeholder((shape.c_out,), "float32", name="bias")
+    extra: list[te.Tensor] = []  # weight scale, then the border table, after ``bias``
+    if weight_scale:
+        extra.append(te.placeholder((shape.c_out,), "float32", name="weight_scale"))
+    if zero_pad:
+        rows = border_rows(shape.height, shape.out_height, k, s)
+        cols = border_rows(shape.width, shape.out_width, k, s)
+        extra.append(te.placeholder((rows[2], cols[2], shape.c_out), "int32", name="border"))
 
     def affine_dot(y, x, c):
-        return dot(y, x, c).astype("float32") * scale[c] + bias[c]
+        d = dot(y, x, c)
+        if zero_pad:
+            d = d - extra[-1][border_index(y, shape.out_height, rows), border_index(x, shape.out_width, cols), c]
+        if weight_scale:  # PyTorch's order: (D * s), then BatchNorm as one fused multiply-add
+            return tirx.op.fma(d.astype("float32") * extra[0][c], scale[c], bias[c])
+        return d.astype("float32") * scale[c] + bias[c]
 
     if residual is None:
-        return [act, wgt, scale, bias, te.compute(shape.output_shape, affine_dot, name="out")]
+        return [act, wgt, scale, bias, *extra, te.compute(shape.output_shape, affine_dot, name="out")]
     src = te.placeholder(shape.residual_shape(residual), "float32", name="residual")
     act_params = activation_params(shape.c_out, "act")
     out = te.compute(
@@ -206,7 +249,7 @@ def conv_compute(
         lambda y, x, c: rprelu(affine_dot(y, x, c) + residual.read(src, y, x, c), c, *act_params),
         name="out",
     )
-    return [act, wgt, scale, bias, src, *act_params, out]
+    return [act, wgt, scale, bias, *extra, src, *act_params, out]
 
 
 def schedule_conv(func: tirx.PrimFunc, tile: Tile) -> tirx.PrimFunc:
@@ -239,16 +282,21 @@ def binary_conv2d(
     tile: Tile | None = None,
     affine: bool = False,
     residual: Residual | None = None,
+    zero_pad: bool = False,
+    weight_scale: bool = False,
 ) -> tuple[tirx.PrimFunc, Tile]:
     """A scheduled PrimFunc of one binary conv layer for a target, and the tile it uses.
 
     Arguments of the PrimFunc: packed activations (``bitpack.packer_for`` with the returned tile),
     packed weights (``bitpack.pack_weights`` with ``tile.vb`` and ``tile.word_bits``), then
     ``scale, bias`` if ``affine``; with ``residual`` instead ``scale, bias, residual source,
-    shift_in, slope, shift_out`` (the fused tail, see ``conv_compute``); then the output.
+    shift_in, slope, shift_out`` (the fused tail, see ``conv_compute``); then the output. With
+    ``weight_scale`` the per-channel weight scale follows ``bias`` (the result is then
+    ``fma(dot * weight_scale, scale, bias)``, PyTorch's rounding), and with ``zero_pad`` the
+    border correction table follows.
     """
     tile = tile or choose_tile(shape, target)
     if shape.cog % tile.vb or shape.out_width % tile.px:
         raise ValueError(f"tile {tile} does not divide c_out/groups={shape.cog} or W_out={shape.out_width}")
-    func = te.create_prim_func(conv_compute(shape, tile, affine, residual))
+    func = te.create_prim_func(conv_compute(shape, tile, affine, residual, zero_pad, weight_scale))
     return schedule_conv(func, tile), tile

@@ -59,14 +59,16 @@ class ConvKernels:
         return pack_weights(weight, self.shape.groups, self.tile.vb, self.tile.word_bits)
 
 
-def conv_kernels(shape: ConvShape, residual: Residual, target: tvm.target.Target) -> ConvKernels:
+def conv_kernels(
+    shape: ConvShape, residual: Residual, target: tvm.target.Target, zero_pad: bool = False, weight_scale: bool = False
+) -> ConvKernels:
     """The kernels of one binary conv with its fused epilogue, as the network runs them.
 
     The conv's tile (and with it the word size, 32 or 64 bits) is chosen first; the packer feeding
     the conv writes that word size. Latency profiling builds its kernels here too, so it times
     what the network runs.
     """
-    conv, tile = binary_conv2d(shape, target, residual=residual)
+    conv, tile = binary_conv2d(shape, target, residual=residual, zero_pad=zero_pad, weight_scale=weight_scale)
     return ConvKernels(shape, packer_for(shape, tile, target), conv, tile)
 
 
@@ -95,11 +97,14 @@ class _Builder:
 
     def conv(self, conv: FoldedConv, shape: ConvShape, residual: Residual, x: relax.Var, label: str) -> relax.Var:
         """Pack ``x``, then the binary conv whose epilogue adds the shortcut from ``x``."""
-        k = conv_kernels(shape, residual, self.target)
+        k = conv_kernels(
+            shape, residual, self.target, zero_pad=conv.border is not None, weight_scale=conv.weight_scale is not None
+        )
         packed_shape = shape.packed_input_shape(k.tile.word_bits)
         bits = self.call(k.packer, "pack", [x, _const(conv.threshold)], packed_shape, k.tile.dtype, f"{label} pack")
         weights = _const(k.pack_weights(conv.weight))
-        args = [bits, weights, _const(conv.scale), _const(conv.bias), x, *_act_consts(conv.act)]
+        extra = [_const(a) for a in (conv.weight_scale, conv.border) if a is not None]
+        args = [bits, weights, _const(conv.scale), _const(conv.bias), *extra, x, *_act_consts(conv.act)]
         return self.call(k.conv, "binconv", args, shape.output_shape, "float32", f"{label} conv")
 
 

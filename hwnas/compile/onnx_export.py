@@ -33,6 +33,9 @@ class _Conv(nn.Module):
     def __init__(self, conv: FoldedConv, groups: int, stride: int) -> None:
         super().__init__()
         self.groups, self.stride, self.k = groups, stride, conv.weight.shape[-1]
+        self.nasbnn = conv.weight_scale is not None  # torch.sign and zero padding, as the authors' code
+        self.pad_value = 0.0 if self.nasbnn else 1.0
+        self.register_buffer("weight_scale", None if conv.weight_scale is None else _vec(conv.weight_scale))
         self.register_buffer("threshold", _vec(conv.threshold))
         self.register_buffer("weight", torch.from_numpy(conv.weight))
         self.register_buffer("scale", _vec(conv.scale))
@@ -40,8 +43,11 @@ class _Conv(nn.Module):
         self.act = _Act(conv.act)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        bits = pad_binary(sign(x - self.threshold), self.k)
+        v = x - self.threshold
+        bits = pad_binary(torch.sign(v) if self.nasbnn else sign(v), self.k, self.pad_value)
         dot = F.conv2d(bits, self.weight, stride=self.stride, groups=self.groups)
+        if self.weight_scale is not None:  # nasbnn: PyTorch's BatchNorm rounding
+            return self.act(torch.addcmul(self.bias, dot * self.weight_scale, self.scale) + residual)
         return self.act(dot * self.scale + self.bias + residual)
 
 

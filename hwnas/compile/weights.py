@@ -29,9 +29,12 @@ def load_subnet(
     classes: int | None,
     seed: int = 0,
     space: SearchSpace = NASBNN,
+    calibrate: bool = True,
+    data: str | None = None,
 ) -> tuple[Arch, Subnet]:
     """Read and validate the arch, then build it from ``weights`` (RUN_DIR, or "random": a seeded
-    random supernet of ``space``)."""
+    random supernet of ``space``). A run's subnet has its BatchNorm recalibrated on the run's
+    data (or ``data``), unless ``calibrate`` is False: then it keeps the statistics stored in the run."""
     if weights == "random":
         arch = space.load(arch_path)
         torch.manual_seed(seed)
@@ -42,11 +45,14 @@ def load_subnet(
     from hwnas.train.evaluate import calibrated_subnet  # the training stack loads only when asked for
     from hwnas.train.run import load_run
 
-    run = load_run(weights)
+    run = load_run(weights, data)
     space: SearchSpace = run.space
     arch = space.load(arch_path)
     num_classes = run.splits.num_classes
     if classes not in (None, num_classes):
         raise HwnasError(f"the run in {weights} has {num_classes} classes, not {classes}")
-    subnet = calibrated_subnet(run.supernet, arch, run.calibration_batches())
+    if calibrate:
+        subnet = calibrated_subnet(run.supernet, arch, run.calibration_batches())
+    else:
+        subnet = run.supernet.extract(arch).eval()
     return arch, Subnet(subnet, resolution or run.config.resolution, num_classes)

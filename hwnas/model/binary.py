@@ -3,7 +3,9 @@
 Conventions the compiler relies on:
 - ``sign(v) = +1 if v >= 0 else -1`` for activations and weights (``torch.sign`` would give 0).
 - Binary activations are padded with **+1** before a k x k conv (k > 1), so border outputs are
-  plain +-1 dot products with no correction term; real-valued activations pad with zeros.
+  plain +-1 dot products with no correction term; real-valued activations pad with zeros. (The
+  ``nasbnn`` convention of an imported run pads with 0 like the authors' code; the compiler
+  subtracts the border's weights, see ``hwnas.compile.fold.border_correction``.)
 - A binary weight is ``mean|W|`` per output channel times ``sign(W)``; the conv runs on the signs
   and its output is scaled, and the scale folds into the following BatchNorm at inference.
 """
@@ -23,26 +25,33 @@ def sign(x: Tensor) -> Tensor:
 
 
 class _ApproxSign(torch.autograd.Function):
-    """Sign forward; ReActNet/Bi-Real piecewise-polynomial backward, d/dx = max(0, 2 - 2|x|)."""
+    """Sign forward; ReActNet/Bi-Real piecewise-polynomial backward, d/dx = max(0, 2 - 2|x|).
+
+    ``torch_sign``: ``torch.sign`` (0 at 0), the authors' convention (``nasbnn``).
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, torch_sign: bool = False) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        return sign(x)
+        return torch.sign(x) if torch_sign else sign(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return grad * (2 - 2 * x.abs()).clamp_(min=0)
+        return grad * (2 - 2 * x.abs()).clamp_(min=0), None
 
 
-def binary_activation(x: Tensor) -> Tensor:
-    return _ApproxSign.apply(x)
+def binary_activation(x: Tensor, torch_sign: bool = False) -> Tensor:
+    return _ApproxSign.apply(x, torch_sign)
 
 
-def channel_norm(w: Tensor, eps: float = 1e-5) -> Tensor:
-    """Channel-wise weight normalization: zero mean, unit variance per output channel."""
-    var, mean = torch.var_mean(w, dim=tuple(range(1, w.dim())), keepdim=True, unbiased=False)
+def channel_norm(w: Tensor, eps: float = 1e-5, unbiased: bool = False) -> Tensor:
+    """Channel-wise weight normalization: zero mean, unit variance per output channel.
+
+    hwnas divides by sqrt(biased variance + eps); the authors' code (``nasbnn`` convention) by
+    the unbiased standard deviation without eps (``eps=0, unbiased=True``).
+    """
+    var, mean = torch.var_mean(w, dim=tuple(range(1, w.dim())), keepdim=True, unbiased=unbiased)
     return (w - mean) / torch.sqrt(var + eps)
 
 
@@ -89,12 +98,13 @@ class PerChannel(nn.Module):
 class RSign(PerChannel):
     """Learnable per-channel threshold, then sign (only when activations are binary)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, torch_sign: bool = False) -> None:
         super().__init__()
         self.threshold = nn.Parameter(torch.zeros(channels))
+        self.torch_sign = torch_sign  # nasbnn: 0 where x equals the threshold, as the authors' code
 
     def forward(self, x: Tensor, binary: bool) -> Tensor:
-        return binary_activation(x - self._param(self.threshold, x)) if binary else x
+        return binary_activation(x - self._param(self.threshold, x), self.torch_sign) if binary else x
 
 
 class RPReLU(PerChannel):
@@ -133,7 +143,7 @@ def init_lsq_step(w: Tensor, bits: int = 8) -> Tensor:
     return 2 * w.detach().abs().mean() / math.sqrt(2 ** (bits - 1) - 1)
 
 
-def pad_binary(x: Tensor, k: int) -> Tensor:
-    """Pad +-1 activations by k // 2 with +1 on every side (see the module docstring)."""
+def pad_binary(x: Tensor, k: int, value: float = 1.0) -> Tensor:
+    """Pad +-1 activations by k // 2 with +1 (``value``) on every side (see the module docstring)."""
     p = k // 2
-    return F.pad(x, [p, p, p, p], value=1.0) if p else x
+    return F.pad(x, [p, p, p, p], value=value) if p else x

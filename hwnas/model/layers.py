@@ -7,6 +7,16 @@ has max c_in / min groups input channels so every subnet of the space fits. (The
 cycles chunks through input-channel slices; that rule breaks when the slice width does not divide
 the stored width, e.g. c_in 512 with 4 groups in a 768 / 4 store, so hwnas takes the first slice.)
 A subnet built at exactly its own sizes runs the same code and gives the same outputs.
+
+The ``nasbnn`` convention (:class:`Convention`, recorded in a run imported from the authors'
+checkpoint) computes what the authors' model computes instead: output chunk i of a g-group conv
+reads input slice (i mod r) of width c_in / g, r = min(c_in, stored) // (c_in / g) (the
+floor is what keeps it defined in the 512-of-768 case); a smaller kernel is the centre crop of
+the next larger one times that size's matrix (OFA's kernel transformation, in every mode); the
+Bi-Transformation applies to the largest kernel only and comes *before* weight normalization,
+which divides by the unbiased std without eps; binary activations are ``torch.sign`` (0 at 0) and
+zero-padded; the stem's
+8-bit step is per output channel and always applied.
 """
 
 from __future__ import annotations
@@ -27,6 +37,13 @@ from hwnas.model.binary import (
     pad_binary,
     weight_sign,
 )
+
+
+class Convention(str, Enum):
+    """Whose rules a supernet's weights follow: hwnas's own, or the authors' (an imported run)."""
+
+    HWNAS = "hwnas"
+    NASBNN = "nasbnn"
 
 
 class Mode(str, Enum):
@@ -60,34 +77,77 @@ class BinaryConv2d(nn.Module):
 
     Bi-Transformation keeps one k^2 x k^2 matrix per kernel size the layer can take (identity at
     start), applied to the centre-cropped kernel; it is not used for 1x1 convs, where a scalar
-    cannot change a sign.
+    cannot change a sign. Under the ``nasbnn`` convention the matrix of a kernel smaller than the
+    largest is the authors' kernel transformation instead (see the module docstring).
     """
 
     def __init__(
-        self, c_out: int, c_in_per_group: int, kernels: tuple[int, ...], bi_transform: bool, weight_norm: bool
+        self,
+        c_out: int,
+        c_in_per_group: int,
+        kernels: tuple[int, ...],
+        bi_transform: bool,
+        weight_norm: bool,
+        convention: Convention = Convention.HWNAS,
     ) -> None:
         super().__init__()
         k = max(kernels)
+        self.kernels = tuple(sorted(kernels))
         self.weight = nn.Parameter(torch.empty(c_out, c_in_per_group, k, k))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.theta = nn.ParameterDict(
             {f"k{k}": nn.Parameter(torch.eye(k * k)) for k in kernels if k > 1 and bi_transform}
         )
         self.weight_norm = weight_norm
+        self.nasbnn = Convention(convention) is Convention.NASBNN
 
-    def real_weight(self, c_out: int, c_in: int, k: int, groups: int) -> Tensor:
-        """The active real-valued weight (normalized when enabled), shape [c_out, c_in/g, k, k].
+    def _normalize(self, w: Tensor) -> Tensor:
+        if not self.weight_norm:
+            return w
+        return channel_norm(w, eps=0.0, unbiased=True) if self.nasbnn else channel_norm(w)
 
+    def active_weight(self, c_out: int, c_in: int, k: int, groups: int) -> Tensor:
+        """The shared weight's part a configuration uses, before Bi-Transformation and normalization.
+
+        hwnas: :func:`narrow`. nasbnn: the authors' kernel transformation and group slicing.
         Made contiguous so a supernet and its extracted subnet compute bit-identical outputs.
         """
-        w = narrow(self.weight, (c_out, c_in // groups, k, k)).contiguous()
-        return channel_norm(w) if self.weight_norm else w
+        if not self.nasbnn:
+            return narrow(self.weight, (c_out, c_in // groups, k, k)).contiguous()
+        w = self.weight[:c_out, :c_in]
+        for big, small in zip(self.kernels[:0:-1], self.kernels[-2::-1], strict=True):
+            if big <= k:
+                break
+            w = narrow(w, (*w.shape[:2], small, small))
+            if f"k{small}" in self.theta:
+                w = bi_transform(w.contiguous(), self.theta[f"k{small}"])
+        w = narrow(w, (*w.shape[:2], k, k))
+        width = c_in // groups
+        ratio = w.shape[1] // width
+        if groups > 1 and ratio > 1:
+            chunks = w.chunk(groups, dim=0)
+            w = torch.cat([ch[:, (i % ratio) * width : (i % ratio + 1) * width] for i, ch in enumerate(chunks)])
+        return w[:, :width].contiguous()
+
+    def real_weight(self, c_out: int, c_in: int, k: int, groups: int) -> Tensor:
+        """The active real-valued weight (normalized when enabled), shape [c_out, c_in/g, k, k]."""
+        return self._normalize(self.active_weight(c_out, c_in, k, groups))
+
+    def bi_matrix(self, k: int) -> Tensor | None:
+        """The Bi-Transformation matrix of kernel size k (nasbnn: only the largest kernel has one)."""
+        if self.nasbnn and k != self.kernels[-1]:
+            return None
+        return self.theta[f"k{k}"] if f"k{k}" in self.theta else None
 
     def binary_weight(self, c_out: int, c_in: int, k: int, groups: int) -> tuple[Tensor, Tensor]:
         """The deployable network's weight: sign(W theta) and its per-output-channel scale mean|W theta|."""
-        w = self.real_weight(c_out, c_in, k, groups)
-        if f"k{k}" in self.theta:
-            w = bi_transform(w, self.theta[f"k{k}"])
+        theta = self.bi_matrix(k)
+        if self.nasbnn:  # Bi-Transformation, then normalization
+            w = self.active_weight(c_out, c_in, k, groups)
+            w = self._normalize(w if theta is None else bi_transform(w, theta))
+        else:  # normalization, then Bi-Transformation
+            w = self.real_weight(c_out, c_in, k, groups)
+            w = w if theta is None else bi_transform(w, theta)
         return weight_sign(w)
 
     def forward(self, x: Tensor, c_out: int, k: int, groups: int, stride: int, mode: Mode) -> Tensor:
@@ -97,7 +157,7 @@ class BinaryConv2d(nn.Module):
         else:
             w, scale = self.real_weight(c_out, c_in, k, groups), None
         if mode.binary_activations:
-            out = F.conv2d(pad_binary(x, k), w, stride=stride, groups=groups)
+            out = F.conv2d(pad_binary(x, k, 0.0 if self.nasbnn else 1.0), w, stride=stride, groups=groups)
         else:
             out = F.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)
         return out if scale is None else out * scale.view(1, -1, 1, 1)
@@ -119,21 +179,27 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
 
 
 class Stem(nn.Module):
-    """First conv: 3 -> c, 3x3 stride 2, 8-bit LSQ weights (real in full-precision modes), BN, RPReLU."""
+    """First conv: 3 -> c, 3x3 stride 2, 8-bit LSQ weights (real in full-precision modes), BN, RPReLU.
 
-    def __init__(self, c_max: int) -> None:
+    ``nasbnn``: one LSQ step per output channel, and the weights are quantized in every mode.
+    """
+
+    def __init__(self, c_max: int, convention: Convention = Convention.HWNAS) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(c_max, 3, 3, 3))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-        self.step = nn.Parameter(init_lsq_step(self.weight))
+        self.nasbnn = Convention(convention) is Convention.NASBNN
+        step = torch.stack([init_lsq_step(w) for w in self.weight]) if self.nasbnn else init_lsq_step(self.weight)
+        self.step = nn.Parameter(step)
         self.bn = ElasticBatchNorm2d(c_max)
         self.act = RPReLU(c_max)
 
     def quantized_weight(self, c: int) -> Tensor:
-        return lsq_quantize(self.weight[:c], self.step)
+        step = self.step[:c].view(-1, 1, 1, 1) if self.step.dim() else self.step
+        return lsq_quantize(self.weight[:c], step)
 
     def forward(self, x: Tensor, c: int, mode: Mode) -> Tensor:
-        w = self.quantized_weight(c) if mode.binary_weights else self.weight[:c]
+        w = self.quantized_weight(c) if mode.binary_weights or self.nasbnn else self.weight[:c]
         return self.act(self.bn(F.conv2d(x, w, stride=2, padding=1)))
 
 
@@ -162,15 +228,17 @@ class SeparableBlock(nn.Module):
         stride: int,
         bi_transform: bool,
         weight_norm: bool,
+        convention: Convention = Convention.HWNAS,
     ) -> None:
         super().__init__()
         self.stride = stride
-        self.rsign1 = RSign(c_in)
-        self.conv1 = BinaryConv2d(c_in, c_in // min_groups, kernels, bi_transform, weight_norm)
+        nasbnn = Convention(convention) is Convention.NASBNN
+        self.rsign1 = RSign(c_in, torch_sign=nasbnn)
+        self.conv1 = BinaryConv2d(c_in, c_in // min_groups, kernels, bi_transform, weight_norm, convention)
         self.bn1 = ElasticBatchNorm2d(c_in)
         self.act1 = RPReLU(c_in)
-        self.rsign2 = RSign(c_in)
-        self.conv2 = BinaryConv2d(c_out, c_in, (1,), bi_transform, weight_norm)
+        self.rsign2 = RSign(c_in, torch_sign=nasbnn)
+        self.conv2 = BinaryConv2d(c_out, c_in, (1,), bi_transform, weight_norm, convention)
         self.bn2 = ElasticBatchNorm2d(c_out)
         self.act2 = RPReLU(c_out)
 

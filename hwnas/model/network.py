@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwnas.arch import Arch
 from hwnas.errors import ArchError
-from hwnas.model.layers import Mode, SeparableBlock, Stem, narrow
+from hwnas.model.layers import Convention, Mode, SeparableBlock, Stem, narrow
 from hwnas.space import SearchSpace
 
 
@@ -86,10 +87,11 @@ class Skeleton:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Switches for the paper's ablations."""
+    """Switches for the paper's ablations, and whose weight rules apply (:class:`Convention`)."""
 
     bi_transform: bool = True
     weight_norm: bool = True
+    convention: str = Convention.HWNAS.value
 
 
 class BinaryNet(nn.Module):
@@ -105,11 +107,19 @@ class BinaryNet(nn.Module):
     ) -> None:
         super().__init__()
         self.skeleton, self.num_classes, self.options, self.space = skeleton, num_classes, options, space
-        self.stem = Stem(skeleton.stem)
+        convention = Convention(options.convention)
+        self.stem = Stem(skeleton.stem, convention)
         self.stages = nn.ModuleList(
             nn.ModuleList(
                 SeparableBlock(
-                    s.c_in, s.c_out, s.kernels, s.min_groups, s.stride, options.bi_transform, options.weight_norm
+                    s.c_in,
+                    s.c_out,
+                    s.kernels,
+                    s.min_groups,
+                    s.stride,
+                    options.bi_transform,
+                    options.weight_norm,
+                    convention,
                 )
                 for s in stage
             )
@@ -143,9 +153,30 @@ class BinaryNet(nn.Module):
         self.set_active(arch)
         sub = BinaryNet(Skeleton.of_arch(arch), self.num_classes, self.options, active=arch)
         mine = self.state_dict()
-        sub.load_state_dict({name: narrow(mine[name], t.shape).clone() for name, t in sub.state_dict().items()})
+        state = {name: narrow(mine[name], t.shape).clone() for name, t in sub.state_dict().items()}
+        if Convention(self.options.convention) is Convention.NASBNN:
+            state.update(self._active_convs(arch))
+        sub.load_state_dict(state)
         sub.mode = self.mode
         return sub.train(self.training)
+
+    @torch.no_grad()
+    def _active_convs(self, arch: Arch) -> dict[str, Tensor]:
+        """nasbnn: each conv's active weight (group slices and kernel transformation applied) and
+        its Bi-Transformation matrix, identity where the supernet applies none at that kernel."""
+        out = {}
+        for shape in arch.layer_shapes(resolution=224):
+            block = self.stages[shape.stage][shape.index]
+            for name, conv, c_out, k, g in (
+                ("conv1", block.conv1, shape.c_in, shape.k, shape.g),
+                ("conv2", block.conv2, shape.c_out, 1, 1),
+            ):
+                prefix = f"stages.{shape.stage}.{shape.index}.{name}."
+                out[prefix + "weight"] = conv.active_weight(c_out, shape.c_in, k, g).clone()
+                if f"k{k}" in conv.theta:
+                    theta = conv.bi_matrix(k)
+                    out[prefix + f"theta.k{k}"] = torch.eye(k * k) if theta is None else theta.clone()
+        return out
 
 
 def build_supernet(space: SearchSpace, num_classes: int, options: ModelOptions = ModelOptions()) -> BinaryNet:

@@ -35,8 +35,8 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hwnas.arch import Arch
-from hwnas.errors import HwnasError
+from hwnas.arch import Arch, Layer
+from hwnas.errors import ArchError, HwnasError
 from hwnas.search.encoding import Encoding
 from hwnas.search.points import is_feasible
 
@@ -140,7 +140,7 @@ def intervals_between(low: float, high: float, n: int) -> list[tuple[float, floa
 
 
 class PaperSampler(BaseSampler):
-    """The paper's evolutionary search over ``encoding``'s parameters within cost ``intervals``.
+    """Interval evolution (``--sampler intervals``) over ``encoding``'s parameters within cost ``intervals``.
 
     ``cost(arch)`` is the search's cost of a subnet (OPs in millions, or predicted latency in ms);
     the intervals are searched one after another. Trials are ranked by ``values[0]`` (accuracy)
@@ -192,16 +192,7 @@ class PaperSampler(BaseSampler):
         parents = self._parents(study, trials, slot)
         operator = slot.operator if len(parents) >= _PARENTS_NEEDED[slot.operator] else "random"
         rng = random.Random(f"{self.seed}:{trial.number}")
-
-        def make() -> Arch:
-            if operator == "mutation":
-                return self.encoding.decode(self._mutate(rng.choice(parents), rng))
-            if operator == "crossover":
-                first, second = rng.sample(parents, 2)
-                return self.encoding.decode({k: rng.choice((first[k], second[k])) for k in self._search_space})
-            return self.encoding.space.sample(rng)
-
-        params, cost, fits = self._draw(make, low, high, seen)
+        params, cost, fits = self._draw(lambda: self._child(operator, parents, rng, trial.number), low, high, seen)
         info = {
             "interval": slot.interval,
             "generation": slot.generation,
@@ -240,6 +231,15 @@ class PaperSampler(BaseSampler):
         pool.sort(key=lambda t: (-sign * t.values[0], t.number))
         return [dict(zip(self._search_space, self._key(t.params), strict=True)) for t in pool[: self.config.select]]
 
+    def _child(self, operator: Operator, parents: list[dict[str, int]], rng: random.Random, number: int) -> Arch:
+        """One candidate made by ``operator`` from ``parents`` (parameter dicts)."""
+        if operator == "mutation":
+            return self.encoding.decode(self._mutate(rng.choice(parents), rng))
+        if operator == "crossover":
+            first, second = rng.sample(parents, 2)
+            return self.encoding.decode({k: rng.choice((first[k], second[k])) for k in self._search_space})
+        return self.encoding.space.sample(rng)
+
     def _mutate(self, parent: dict[str, int], rng: random.Random) -> dict[str, int]:
         choices = self.encoding.choices
         return {
@@ -265,3 +265,122 @@ class PaperSampler(BaseSampler):
                 best = (rank, params, cost)
         assert best is not None  # max_tries >= 1
         return best[1], best[2], False
+
+
+NASBNN_SCHEDULE = EvolutionConfig(population=512, generations=21, select=2, mutations=128, crossovers=128)
+"""The authors' search.py defaults: 512 random, then 20 epochs of 128 mutations and 128 crossovers
+(``select`` is unused: parents come from the bucket front)."""
+NASBNN_BUCKETS = 80
+"""Their README searches OPs 20..180 in buckets of 2: 80 buckets, kept when the range is scaled."""
+
+
+class NasbnnSampler(PaperSampler):
+    """The NAS-BNN authors' evolutionary search as their ``search.py`` writes it (``--sampler nasbnn``).
+
+    One population over [low, high]: the smallest and the largest subnet, then random subnets
+    within the range; every generation draws its parents uniformly from the *bucket front*, the
+    most accurate subnet found so far in each cost bucket ``round(cost / step) * step``. Mutation:
+    each stage redraws its depth with probability ``mutation_prob``, then each active layer
+    redraws width (at least the previous layer's), kernel and groups together with that
+    probability. Crossover: each stage takes its depth from either parent, each layer each of
+    width, kernel and groups from either; a child that breaks the Non-Decreasing rule is
+    rejected, as theirs is. Children outside the range or seen before are redrawn. Where hwnas
+    differs: a layer switched on by a deeper depth copies the stage's last layer (their
+    candidate rows keep hidden values), a mutant breaking ND is rejected too (their model ran it),
+    and redraws are bounded as in :class:`PaperSampler`. The schedule shrinks with ``trials``
+    (:meth:`EvolutionConfig.scaled`).
+    """
+
+    def __init__(
+        self,
+        encoding: Encoding,
+        cost: Callable[[Arch], float],
+        low: float,
+        high: float,
+        config: EvolutionConfig = NASBNN_SCHEDULE,
+        step: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(encoding, cost, [(low, high)], config, seed)
+        self.step = step if step is not None else max((high - low) / NASBNN_BUCKETS, 1e-12)
+
+    def _parents(self, study: Study, trials: list[FrozenTrial], slot: Slot) -> list[dict[str, int]]:
+        """The bucket front of the feasible finished trials numbered before the slot's generation."""
+        if slot.operator == "random":
+            return []
+        sign = 1.0 if study.directions[0] == StudyDirection.MAXIMIZE else -1.0
+        front: dict[int, FrozenTrial] = {}
+        for t in trials:
+            if t.state != TrialState.COMPLETE or t.number >= slot.start or not is_feasible(t):
+                continue
+            cost = (t.system_attrs.get(SLOT_ATTR) or {}).get("cost")
+            if cost is None:
+                cost = float(self.cost(self.encoding.decode(t.params)))
+            bucket = round(cost / self.step)
+            best = front.get(bucket)
+            if best is None or sign * t.values[0] > sign * best.values[0]:
+                front[bucket] = t
+        return [dict(zip(self._search_space, self._key(t.params), strict=True)) for t in front.values()]
+
+    def _child(self, operator: Operator, parents: list[dict[str, int]], rng: random.Random, number: int) -> Arch:
+        space = self.encoding.space
+        if operator == "random":
+            return space.smallest() if number == 0 else space.largest() if number == 1 else space.sample(rng)
+        if operator == "mutation":
+            child = self._mutate_arch(self.encoding.decode(rng.choice(parents)), rng)
+        else:
+            first, second = (self.encoding.decode(p) for p in (rng.choice(parents), rng.choice(parents)))
+            child = self._cross(first, second, rng)
+        try:
+            return space.validate(child)
+        except ArchError:
+            raise _Rejected from None
+
+    def _draw(
+        self, make: Callable[[], Arch], low: float, high: float, seen: set[tuple[int, ...]]
+    ) -> tuple[dict[str, int], float, bool]:
+        def retry() -> Arch:
+            for _ in range(self.config.max_tries):
+                try:
+                    return make()
+                except _Rejected:
+                    continue
+            return self.encoding.space.sample(random.Random(len(seen)))
+
+        return super()._draw(retry, low, high, seen)
+
+    def _mutate_arch(self, arch: Arch, rng: random.Random) -> Arch:
+        p, stages, space = self.config.mutation_prob, [], self.encoding.space
+        stem = rng.choice(space.stem_widths) if rng.random() < p else arch.stem
+        for st, layers in zip(self.encoding.space.stages, arch.stages, strict=True):
+            layers = list(layers)
+            if rng.random() < p:
+                depth = rng.choice(st.depths)
+                layers = (layers + [layers[-1]] * depth)[:depth]
+            stages.append(layers)
+        prev, out = stem, []
+        for st, layers in zip(self.encoding.space.stages, stages, strict=True):
+            new = []
+            for layer in layers:
+                if rng.random() < p:
+                    widths = [c for c in st.widths if c >= prev] or list(st.widths)
+                    layer = Layer(rng.choice(widths), rng.choice(st.kernels), rng.choice(st.groups))
+                new.append(layer)
+                prev = layer.c
+            out.append(tuple(new))
+        return replace(arch, stem=stem, stages=tuple(out))
+
+    def _cross(self, first: Arch, second: Arch, rng: random.Random) -> Arch:
+        stages = []
+        for a, b in zip(first.stages, second.stages, strict=True):
+            depth = len(rng.choice((a, b)))
+            layers = []
+            for i in range(depth):
+                x, y = a[min(i, len(a) - 1)], b[min(i, len(b) - 1)]
+                layers.append(Layer(rng.choice((x.c, y.c)), rng.choice((x.k, y.k)), rng.choice((x.g, y.g))))
+            stages.append(tuple(layers))
+        return replace(first, stem=rng.choice((first.stem, second.stem)), stages=tuple(stages))
+
+
+class _Rejected(Exception):
+    """A child the authors' rules reject (it breaks the space); the caller draws again."""

@@ -1,4 +1,6 @@
-"""The samplers a user names with ``--sampler``: Optuna's own, and the NAS-BNN paper's evolution."""
+"""The samplers a user names with ``--sampler``: Optuna's own, the NAS-BNN authors' evolution as
+their search.py writes it (``nasbnn``), and hwnas's interval evolution (``intervals``; ``paper``
+is its former name)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from hwnas.arch import Arch
 from hwnas.errors import HwnasError
 from hwnas.search.encoding import Encoding
 
-SAMPLERS = ("tpe", "nsga2", "gp", "paper", "random")
+SAMPLERS = ("tpe", "nsga2", "gp", "nasbnn", "intervals", "random", "paper")
+EVOLUTION = ("nasbnn", "intervals", "paper")
 PAPER_INTERVALS = 4
 """Cost intervals the paper's evolution searches one after another (the union is the front)."""
 
@@ -36,8 +39,14 @@ def make_sampler(
         return optuna.samplers.GPSampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "paper":
-        from hwnas.search.evolution import EvolutionConfig, PaperSampler, intervals_between
+    if name in EVOLUTION:
+        from hwnas.search.evolution import (
+            NASBNN_SCHEDULE,
+            EvolutionConfig,
+            NasbnnSampler,
+            PaperSampler,
+            intervals_between,
+        )
 
         space = encoding.space
         low, high = cost(space.smallest()), cost(space.largest())
@@ -45,6 +54,8 @@ def make_sampler(
             high = min(high, budget)
         if high <= low:
             raise HwnasError(f"the budget {budget} is below the smallest subnet's cost {low:.3f}")
+        if name == "nasbnn":
+            return NasbnnSampler(encoding, cost, low, high, NASBNN_SCHEDULE.scaled(trials, 1), seed=seed)
         config = EvolutionConfig().scaled(trials, PAPER_INTERVALS)
         return PaperSampler(encoding, cost, intervals_between(low, high, PAPER_INTERVALS), config, seed=seed)
     raise HwnasError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")

@@ -39,7 +39,7 @@ from hwnas.errors import HwnasError
 from hwnas.search.encoding import Encoding
 from hwnas.search.objectives import AccuracyOracle, CostModel
 from hwnas.search.points import Point, is_feasible
-from hwnas.search.samplers import make_sampler
+from hwnas.search.samplers import EVOLUTION, make_sampler
 from hwnas.search.storage import StorageLock, heartbeats, open_storage, redact, storage_error
 from hwnas.space import SearchSpace
 from hwnas.train.checkpoint import FILENAME as CHECKPOINT
@@ -418,7 +418,7 @@ def search(
     lock = StorageLock(url, f"study:{name}")
     try:
         with lock:
-            anchors = {} if sampler == "paper" else _anchors(run.space)
+            anchors = {} if sampler in EVOLUTION else _anchors(run.space)
             study = create_or_check(store, name, settings, anchors, weights_identity(run))
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise storage_error(url, exc, "cannot create study in") from None

@@ -20,6 +20,7 @@ from hwnas.errors import HwnasError
 from hwnas.files import atomic_write_text
 
 TEACHERS = ("fwba", "bwba", "fwfa")
+CONVENTIONS = ("hwnas", "nasbnn")
 Config = TypeVar("Config")
 
 
@@ -27,12 +28,13 @@ Config = TypeVar("Config")
 class TrainConfig:
     """Every setting of a supernet training or finetuning run."""
 
-    data: str = "digits"  # "digits", "clutter" or "imagefolder:PATH"
+    data: str = "digits"  # "digits", "clutter", "imagefolder:PATH", or "none" (an imported run without data)
     resolution: int = 32  # input size; ImageFolder data is usually trained at 224
     width_mult: float = 0.25  # scale of every width of the NAS-BNN space (1.0 = the paper's)
     nd: bool = True  # sample subnets under the Non-Decreasing constraint
     bi_transform: bool = True
     weight_norm: bool = True
+    convention: str = "hwnas"  # whose weight rules: hwnas, or nasbnn (the authors'; imported runs)
     teacher: str = "fwba"  # mode of the largest subnet: fwba (the paper's Bi-Teacher), bwba or fwfa
     distill: bool = True  # students learn the teacher's soft labels (else CE on the labels)
     num_random: int = 1  # random subnets per step besides the largest and the smallest
@@ -70,6 +72,8 @@ class TrainConfig:
         """Raise one HwnasError naming the first bad value."""
         if self.teacher not in TEACHERS:
             raise HwnasError(f"{where}: teacher must be one of {list(TEACHERS)}, got {self.teacher!r}")
+        if self.convention not in CONVENTIONS:
+            raise HwnasError(f"{where}: convention must be one of {list(CONVENTIONS)}, got {self.convention!r}")
         at_least_one(self, ("epochs", "batch_size", "resolution", "base_batch", "calib_batches", "eval_every"), where)
         if not 0 < self.width_mult <= 1:
             raise HwnasError(f"{where}: width_mult must be in (0, 1], got {self.width_mult}")

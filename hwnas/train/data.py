@@ -33,6 +33,7 @@ from hwnas.train.config import TrainConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+NASBNN_MEAN_STD = (0.5, 0.5, 0.5)  # the authors' ImageNet normalisation (convention "nasbnn")
 
 
 @dataclass
@@ -60,6 +61,8 @@ def build_splits(config: TrainConfig, indices: dict[str, list[int]] | None = Non
         return _clutter(config)
     if config.data.startswith("imagefolder:"):
         return _imagefolder(Path(config.data.split(":", 1)[1]), config, indices)
+    if config.data == "none":
+        raise HwnasError("this run has no data: pass --data imagefolder:PATH")
     raise HwnasError(f"unknown dataset {config.data!r}; use 'digits', 'clutter' or 'imagefolder:PATH'")
 
 
@@ -137,6 +140,8 @@ def normalization(config: TrainConfig) -> tuple[tuple[float, ...], tuple[float, 
 
     A network transferred to other images (a detector's backbone) normalises its inputs the same way.
     """
+    if config.convention == "nasbnn":
+        return NASBNN_MEAN_STD, NASBNN_MEAN_STD
     if config.data == "clutter":
         return CLUTTER_MEAN, CLUTTER_STD
     if config.data != "digits":
@@ -153,7 +158,7 @@ def _imagefolder(root: Path, config: TrainConfig, indices: dict[str, list[int]] 
     if not root.is_dir():
         raise HwnasError(f"dataset directory not found: {root}")
     train_dir = root / "train" if (root / "train").is_dir() else root
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    normalize = transforms.Normalize(*normalization(config))
     train_tf = transforms.Compose(
         [
             transforms.RandomResizedCrop(config.resolution),

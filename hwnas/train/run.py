@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet
@@ -21,7 +22,7 @@ from hwnas.train.checkpoint import FILENAME, claim, load_checkpoint
 from hwnas.train.config import Config, TrainConfig, coerce, load_toml
 from hwnas.train.data import Splits, build_splits, load_indices, save_indices
 from hwnas.train.distributed import Dist, init_distributed
-from hwnas.train.evaluate import preload
+from hwnas.train.evaluate import preload, stream
 from hwnas.train.init import init_thresholds
 from hwnas.train.loop import LoopData, train_loop
 from hwnas.train.sandwich import Sandwich
@@ -47,11 +48,17 @@ class Run:
 
     def calibration_batches(self, n: int | None = None) -> list:
         """The fixed training batches used for BN recalibration (``config.calib_batches`` by default)."""
+        self._need_data("recalibrate BatchNorm (or pass --no-calibration)")
         return preload(self.splits.train, self.config.batch_size, n or self.config.calib_batches, self.config.seed)
 
-    def batches(self, split: str) -> list:
-        """All of ``split`` ("val" or "test"), batched in memory."""
-        return preload(self.splits.get(split), self.config.batch_size)
+    def batches(self, split: str) -> DataLoader:
+        """``split`` ("val" or "test") streamed in batches (bounded memory, re-iterable)."""
+        self._need_data("evaluate")
+        return stream(self.splits.get(split), self.config.batch_size, self.config.workers)
+
+    def _need_data(self, why: str) -> None:
+        if self.config.data == "none":
+            raise HwnasError(f"{self.run_dir} has no data to {why}: pass --data imagefolder:PATH")
 
 
 def read_config(run_dir: Path, base: Config = DEFAULTS) -> Config:
@@ -65,14 +72,28 @@ def read_config(run_dir: Path, base: Config = DEFAULTS) -> Config:
         raise HwnasError(f"{path}: not valid JSON ({exc})") from None
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """The trained supernet of ``run_dir`` (eval mode, CPU), its config, space and data splits."""
+def load_run(run_dir: str | Path, data: str | None = None) -> Run:
+    """The trained supernet of ``run_dir`` (eval mode, CPU), its config, space and data splits.
+
+    ``data`` replaces the run's dataset (an imported run has none: ``data`` is "none"); its
+    splits are then carved afresh with the run's split seed.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise HwnasError(f"run directory not found: {run_dir}")
     config = read_config(run_dir)
     state = load_checkpoint(run_dir / FILENAME)
-    splits = build_splits(config, load_indices(run_dir / SPLITS))
+    num_classes = int(state["model"]["classifier.weight"].shape[0])
+    if data is not None and data != config.data:
+        config = replace(config, data=data)
+        splits = build_splits(config)
+    elif config.data == "none":
+        empty = TensorDataset(torch.empty(0))
+        splits = Splits(empty, empty, None, num_classes, {})
+    else:
+        splits = build_splits(config, load_indices(run_dir / SPLITS))
+    if splits.num_classes != num_classes:
+        raise HwnasError(f"{config.data} has {splits.num_classes} classes, the supernet in {run_dir} {num_classes}")
     supernet = build_model(config, splits.num_classes)
     try:
         supernet.load_state_dict(state["model"])
@@ -118,7 +139,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, d: Dist) -> tuple[B
         supernet.set_active(space.largest())
         supernet.set_mode(config.teacher)
         init_thresholds(supernet, calib[0][0])
-    data = LoopData(splits.train, calib, preload(splits.val, config.batch_size))
+    data = LoopData(splits.train, calib, stream(splits.val, config.batch_size, config.workers))
     return supernet, train_loop(objective, config, data, run_dir, d, resume, prepare if resume else None)
 
 

@@ -14,5 +14,5 @@ def config_space(config: TrainConfig) -> SearchSpace:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> BinaryNet:
-    options = ModelOptions(bi_transform=config.bi_transform, weight_norm=config.weight_norm)
+    options = ModelOptions(config.bi_transform, config.weight_norm, config.convention)
     return build_supernet(config_space(config), num_classes, options)
