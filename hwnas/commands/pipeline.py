@@ -23,8 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, log, table
 from hwnas.targets.target import load_target
@@ -137,12 +135,12 @@ def _search(run_dir: Path, objective: str, trials: int) -> dict[str, Any]:
 
 
 def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, Any]:
-    from hwnas.compile.deploy import CompiledNet, compile_subnet, export, float_baseline, time_torch_ms, verify
+    from hwnas.compile.deploy import CompiledNet, compile_subnet, export, verify
+    from hwnas.compile.timing import network_speed
     from hwnas.train.evaluate import calibrated_subnet
 
     run = load_run(run_dir)
     res, calib = run.config.resolution, run.calibration_batches()
-    image = np.random.default_rng(0).standard_normal((1, 3, res, res), dtype=np.float32)
     result = {}
     for name, arch in winners.items():
         subnet = calibrated_subnet(run.supernet, arch, calib)
@@ -150,16 +148,14 @@ def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, An
         (out / f"{name}.json").write_text(arch.dumps() + "\n")
         net = CompiledNet.load(path)
         check = verify(net, subnet, res)
-        ms = net.time_ms(image)[0]
-        torch_ms = time_torch_ms(float_baseline(arch, run.splits.num_classes), image)[0]
+        speed = network_speed(path, arch, run.splits.num_classes, res)  # each side alone
+        ms, torch_ms = speed.tvm.best_s * 1e3, speed.torch.best_s * 1e3
         result[name] = {
             "arch": arch.to_json(),
             "library": str(path),
             "verified": check.ok,
             "max_rel_error": check.max_rel_error,
-            "latency_ms": ms,
-            "torch_fp32_ms": torch_ms,
-            "speedup": torch_ms / ms,
+            **speed.to_json(),
         }
         log(f"[compile] {name}: {path}, verified {check.ok}, {ms:.3f} ms vs {torch_ms:.3f} ms float32")
     return result
