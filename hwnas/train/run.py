@@ -20,7 +20,7 @@ from hwnas.space import SearchSpace
 from hwnas.train.checkpoint import FILENAME, check_resume, load_checkpoint
 from hwnas.train.config import Config, TrainConfig, coerce, load_toml
 from hwnas.train.data import Splits, build_splits, load_indices, save_indices
-from hwnas.train.distributed import Dist, init_distributed
+from hwnas.train.distributed import Dist, default_processes, init_distributed, launched, spawn
 from hwnas.train.evaluate import preload
 from hwnas.train.init import init_thresholds
 from hwnas.train.loop import LoopData, train_loop
@@ -85,7 +85,23 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> tuple[BinaryNet, dict]:
-    """Train (or resume) a supernet into ``run_dir``; returns it and the last epoch's metrics."""
+    """Train (or resume) a supernet into ``run_dir``; returns it and the last epoch's metrics.
+
+    Outside torchrun, ``config.processes`` (0: one per core) data-parallel workers are spawned
+    here when that is more than one; the supernet returned is then the one saved in ``run_dir``."""
+    processes = config.processes or default_processes()
+    if processes > 1 and not launched():
+        check_resume(run_dir, resume)  # refused here, before any worker starts
+        metrics = spawn(_train_metrics, (config, run_dir, resume), processes)
+        return load_run(run_dir).supernet, metrics
+    return _train(config, run_dir, resume)
+
+
+def _train_metrics(config: TrainConfig, run_dir: Path, resume: bool) -> dict:
+    return _train(config, run_dir, resume)[1]
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool) -> tuple[BinaryNet, dict]:
     d = init_distributed(config.threads)
     check_resume(run_dir, resume)
     indices = load_indices(run_dir / SPLITS) if resume else None
