@@ -6,7 +6,7 @@ the PyTorch BWBA subnet, and times it against the float32 PyTorch network of the
 architecture (real weights and activations). Each side is timed alone in a fresh process, one
 after the other (:mod:`hwnas.compile.timing`): in one process their thread pools starve each
 other. Figures are the best of ``--repeat`` batches (medians in the JSON); PyTorch's GFLOP/s is
-printed, and the script exits 2 with one line when it is implausibly low.
+printed, and after the figures the script exits 2 with one line when it was implausibly low.
 
     python benchmarks/network.py [--resolution 224] [--random 10] [--threads 2] [--json]
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from hwnas.compile.deploy import CompiledNet, compile_subnet, export, verify
-from hwnas.compile.timing import network_speed
+from hwnas.compile.timing import NetworkSpeed, network_speed
 from hwnas.errors import HwnasError
 from hwnas.model import build_supernet
 from hwnas.space import NASBNN
@@ -41,11 +41,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    try:
-        results = measure(args)
-    except HwnasError as exc:
-        print(f"network.py: error: {exc}", file=sys.stderr)
-        return 2
+    results, speeds = measure(args)
     load = os.getloadavg()[0]
     speedups = [r["speedup"] for r in results]
     summary = {"min": min(speedups), "median": statistics.median(speedups), "max": max(speedups)}
@@ -61,7 +57,7 @@ def main() -> int:
                 }
             )
         )
-        return 0
+        return check(speeds)
     print(f"{'subnet':10s} {'MMACs':>7s} {'tvm ms':>8s} {'torch ms':>9s} {'GFLOP/s':>8s} {'speedup':>8s}  verified")
     for r in results:
         print(
@@ -72,17 +68,28 @@ def main() -> int:
         print(f"speedup {r['subnet']}: {r['speedup']:.1f}")
     print(f"speedup over all {len(results)}: min {summary['min']:.1f}, median {summary['median']:.1f}")
     print(f"load average after the run: {load:.1f} (best of {args.repeat} batches per side, each side alone)")
+    return check(speeds)
+
+
+def check(speeds: list[NetworkSpeed]) -> int:
+    """0, or 2 with one line when a baseline was implausibly slow (after all the figures)."""
+    try:
+        for speed in speeds:
+            speed.check()
+    except HwnasError as exc:
+        print(f"network.py: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
-def measure(args: argparse.Namespace) -> list[dict]:
+def measure(args: argparse.Namespace) -> tuple[list[dict], list[NetworkSpeed]]:
     target = load_target("local").tvm_target()
     torch.manual_seed(args.seed)
     supernet = build_supernet(NASBNN, 1000).eval()
     rng = random.Random(args.seed)
     subnets = [("smallest", NASBNN.smallest()), ("largest", NASBNN.largest())]
     subnets += [(f"random{i}", NASBNN.sample(rng)) for i in range(args.random)]
-    results = []
+    results, speeds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name, arch in subnets:
             subnet = supernet.extract(arch)
@@ -92,13 +99,14 @@ def measure(args: argparse.Namespace) -> list[dict]:
             row = {"subnet": name, "arch": str(arch), "macs": speed.torch.macs, "verified": check.ok}
             row.update(speed.to_json(), max_rel_error=check.max_rel_error)
             results.append(row)
+            speeds.append(speed)
             print(
                 f"{name}: tvm {row['latency_ms']:.2f} ms, torch fp32 {row['torch_fp32_ms']:.2f} ms "
                 f"({row['torch_gflops']:.0f} GFLOP/s), speedup {row['speedup']:.1f}, verified {check.ok}",
                 file=sys.stderr,
                 flush=True,
             )
-    return results
+    return results, speeds
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_baseline_check_judges_large_workloads_only() -> None:
     assert check_baseline([_timing(3.0, large)], "x", minimum=2.0) == pytest.approx(3.0)
 
 
-def test_network_speed_refuses_an_implausible_baseline(monkeypatch) -> None:
+def test_network_speed_flags_an_implausible_baseline(monkeypatch) -> None:
     from hwnas.compile import timing
     from hwnas.space import NASBNN
 
@@ -60,10 +60,16 @@ def test_network_speed_refuses_an_implausible_baseline(monkeypatch) -> None:
     monkeypatch.setattr(timing, "tvm_library", lambda *args: fast)
     slow = _timing(2.0, 2 * timing.LARGE_NETWORK_MACS)
     monkeypatch.setattr(timing, "torch_network", lambda *args: slow)
+    speed = timing.network_speed("lib.so", NASBNN.smallest(), 1000, 224)
+    assert speed.to_json()["baseline_plausible"] is False
     with pytest.raises(HwnasError, match=r"2\.0 GFLOP/s"):
-        timing.network_speed("lib.so", NASBNN.smallest(), 1000, 224)
+        speed.check()
     plausible = _timing(80.0, 2 * timing.LARGE_NETWORK_MACS)
     monkeypatch.setattr(timing, "torch_network", lambda *args: plausible)
     speed = timing.network_speed("lib.so", NASBNN.smallest(), 1000, 224)
-    assert speed.baseline_gflops == pytest.approx(80.0)
+    speed.check()
+    assert speed.baseline_gflops == pytest.approx(80.0) and speed.to_json()["baseline_plausible"] is True
     assert speed.to_json()["speedup"] == pytest.approx(plausible.best_s / 0.001)
+    small = _timing(2.0, timing.LARGE_NETWORK_MACS // 10)  # a small input: overheads, not judged
+    monkeypatch.setattr(timing, "torch_network", lambda *args: small)
+    timing.network_speed("lib.so", NASBNN.smallest(), 10, 32).check()

@@ -88,6 +88,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
     emit(args, data, "\n".join(lines))
     if args.verify and not data["verified"]:
         raise HwnasError("verification failed: the compiled network does not match the PyTorch subnet")
+    if args.bench:
+        speed.check()  # after the figures: the library's own time holds even when PyTorch's does not
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -158,6 +158,8 @@ def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, An
             **speed.to_json(),
         }
         log(f"[compile] {name}: {path}, verified {check.ok}, {ms:.3f} ms vs {torch_ms:.3f} ms float32")
+        if not result[name]["baseline_plausible"]:
+            log(f"[compile] {name}: the float32 time is implausibly slow (machine busy): its speedup is not one")
     return result
 
 
