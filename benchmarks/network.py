@@ -1,12 +1,14 @@
 """End-to-end latency of compiled subnets against the same architectures in float32 PyTorch.
 
-For the smallest and the largest subnet of the space (batch 1, 224x224 by default, random
-weights), compiles the binary network with TVM for the host, checks it against the PyTorch
-BWBA subnet, and times it side by side with the float32 PyTorch network of the same
-architecture (real weights and activations), alternating the two for ``--rounds`` rounds so both
-see the same machine load. Prints medians, spreads and the ratio (a line ``speedup NAME: X``).
+For the smallest, the largest and ``--random`` random subnets of the space (batch 1, 224x224 by
+default, random weights), compiles the binary network with TVM for the host, checks it against
+the PyTorch BWBA subnet, and times it against the float32 PyTorch network of the same
+architecture (real weights and activations). Each side is timed alone in a fresh process, one
+after the other (:mod:`hwnas.compile.timing`): in one process their thread pools starve each
+other. Figures are the best of ``--repeat`` batches (medians in the JSON); PyTorch's GFLOP/s is
+printed, and after the figures the script exits 2 with one line when it was implausibly low.
 
-    python benchmarks/network.py [--resolution 224] [--rounds 7] [--threads 2] [--json]
+    python benchmarks/network.py [--resolution 224] [--random 10] [--threads 2] [--json]
 """
 
 from __future__ import annotations
@@ -14,73 +16,98 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
+import tempfile
+from pathlib import Path
 
-import numpy as np
 import torch
 
-from hwnas.compile import tvm_targets
-from hwnas.compile.deploy import CompiledNet, compile_subnet, float_baseline, time_torch_ms, verify
+from hwnas.compile.deploy import CompiledNet, compile_subnet, export, verify
+from hwnas.compile.timing import NetworkSpeed, network_speed
+from hwnas.errors import HwnasError
 from hwnas.model import build_supernet
 from hwnas.space import NASBNN
 from hwnas.targets.target import load_target
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--random", type=int, default=10, help="random subnets besides the two ends (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random subnets and weights")
+    parser.add_argument("--repeat", type=int, default=20, help="batches per side (default 20)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tvm_targets.set_num_threads(args.threads)
-    target = load_target("local").tvm_target()
-    torch.manual_seed(0)
-    supernet = build_supernet(NASBNN, 1000).eval()
-    image = np.random.default_rng(0).standard_normal((1, 3, args.resolution, args.resolution), dtype=np.float32)
-    results = []
-    for name, arch in (("smallest", NASBNN.smallest()), ("largest", NASBNN.largest())):
-        subnet = supernet.extract(arch)
-        net = CompiledNet(compile_subnet(subnet, args.resolution, target).executable)
-        check = verify(net, subnet, args.resolution, samples=2)
-        baseline = float_baseline(arch, 1000)
-        tvm_ms, torch_ms = [], []
-        for _ in range(args.rounds):
-            tvm_ms.append(net.time_ms(image, repeat=5)[0])
-            torch_ms.append(time_torch_ms(baseline, image, repeat=3)[0])
-        row = {
-            "subnet": name,
-            "tvm_ms": statistics.median(tvm_ms),
-            "tvm_spread_ms": max(tvm_ms) - min(tvm_ms),
-            "torch_fp32_ms": statistics.median(torch_ms),
-            "torch_spread_ms": max(torch_ms) - min(torch_ms),
-            "verified": check.ok,
-            "max_rel_error": check.max_rel_error,
-        }
-        row["speedup"] = row["torch_fp32_ms"] / row["tvm_ms"]
-        results.append(row)
-        print(
-            f"{name}: tvm {row['tvm_ms']:.2f} ms, torch fp32 {row['torch_fp32_ms']:.2f} ms, verified {check.ok}",
-            file=sys.stderr,
-        )
+    results, speeds = measure(args)
     load = os.getloadavg()[0]
+    speedups = [r["speedup"] for r in results]
+    summary = {"min": min(speedups), "median": statistics.median(speedups), "max": max(speedups)}
     if args.json:
         print(
-            json.dumps({"resolution": args.resolution, "threads": args.threads, "load_avg": load, "results": results})
+            json.dumps(
+                {
+                    "resolution": args.resolution,
+                    "threads": args.threads,
+                    "load_avg": load,
+                    "results": results,
+                    "speedup": summary,
+                }
+            )
         )
-        return
-    print(f"{'subnet':10s} {'tvm ms':>9s} {'spread':>8s} {'torch ms':>9s} {'spread':>8s} {'speedup':>8s}  verified")
+        return check(speeds)
+    print(f"{'subnet':10s} {'MMACs':>7s} {'tvm ms':>8s} {'torch ms':>9s} {'GFLOP/s':>8s} {'speedup':>8s}  verified")
     for r in results:
         print(
-            f"{r['subnet']:10s} {r['tvm_ms']:9.2f} {r['tvm_spread_ms']:8.2f} {r['torch_fp32_ms']:9.2f} "
-            f"{r['torch_spread_ms']:8.2f} {r['speedup']:8.1f}  {r['verified']}"
+            f"{r['subnet']:10s} {r['macs'] / 1e6:7.0f} {r['latency_ms']:8.2f} {r['torch_fp32_ms']:9.2f} "
+            f"{r['torch_gflops']:8.0f} {r['speedup']:8.1f}  {r['verified']}"
         )
-    for r in results:
+    for r in results[:2]:
         print(f"speedup {r['subnet']}: {r['speedup']:.1f}")
-    print(f"load average during the run: {load:.1f} (ratios are measured side by side; absolute times are not)")
+    print(f"speedup over all {len(results)}: min {summary['min']:.1f}, median {summary['median']:.1f}")
+    print(f"load average after the run: {load:.1f} (best of {args.repeat} batches per side, each side alone)")
+    return check(speeds)
+
+
+def check(speeds: list[NetworkSpeed]) -> int:
+    """0, or 2 with one line when a baseline was implausibly slow (after all the figures)."""
+    try:
+        for speed in speeds:
+            speed.check()
+    except HwnasError as exc:
+        print(f"network.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def measure(args: argparse.Namespace) -> tuple[list[dict], list[NetworkSpeed]]:
+    target = load_target("local").tvm_target()
+    torch.manual_seed(args.seed)
+    supernet = build_supernet(NASBNN, 1000).eval()
+    rng = random.Random(args.seed)
+    subnets = [("smallest", NASBNN.smallest()), ("largest", NASBNN.largest())]
+    subnets += [(f"random{i}", NASBNN.sample(rng)) for i in range(args.random)]
+    results, speeds = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, arch in subnets:
+            subnet = supernet.extract(arch)
+            path = export(compile_subnet(subnet, args.resolution, target), Path(tmp) / f"{name}.so")
+            check = verify(CompiledNet.load(path), subnet, args.resolution, samples=1)
+            speed = network_speed(path, arch, 1000, args.resolution, args.threads, args.repeat)
+            row = {"subnet": name, "arch": str(arch), "macs": speed.torch.macs, "verified": check.ok}
+            row.update(speed.to_json(), max_rel_error=check.max_rel_error)
+            results.append(row)
+            speeds.append(speed)
+            print(
+                f"{name}: tvm {row['latency_ms']:.2f} ms, torch fp32 {row['torch_fp32_ms']:.2f} ms "
+                f"({row['torch_gflops']:.0f} GFLOP/s), speedup {row['speedup']:.1f}, verified {check.ok}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return results, speeds
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

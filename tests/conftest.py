@@ -14,9 +14,10 @@ from hwnas.train.config import TrainConfig
 from hwnas.train.run import train_supernet
 
 TINY = TrainConfig(
-    resolution=16, width_mult=0.125, batch_size=64, epochs=2, base_lr=0.04, calib_batches=2, num_random=1
+    resolution=16, width_mult=0.125, batch_size=64, epochs=2, base_lr=0.04, calib_batches=2, num_random=1, processes=1
 )
-"""16x16 digits, an eighth of the NAS-BNN widths, 19 steps per epoch: seconds per run on 2 cores."""
+"""16x16 digits, an eighth of the NAS-BNN widths, 19 steps per epoch: seconds per run on 2 cores;
+one process (tests of the spawned workers ask for two)."""
 
 
 def tiny(**changes) -> TrainConfig:

@@ -170,6 +170,7 @@ def test_compile_cli_verify_and_bench(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["verified"] and data["top1_agree"] and data["max_rel_error"] < 1e-3
     assert data["latency_ms"] > 0 and data["speedup"] == pytest.approx(data["torch_fp32_ms"] / data["latency_ms"])
+    assert data["latency_median_ms"] >= data["latency_ms"] and data["torch_fp32_median_ms"] >= data["torch_fp32_ms"]
     assert data["profile"][0]["kernel"] == "stem" and data["profile"][-1]["kernel"] == "head"
 
 

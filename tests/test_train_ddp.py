@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -45,3 +46,26 @@ def test_two_gloo_processes_stay_identical(tmp_path: Path) -> None:
         if "running_" not in name:  # BN statistics stay per process; parameters must agree
             assert torch.equal(tensor, ranks[1]["state"][name]), name
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.json", "splits.json"]
+
+
+def test_spawned_workers_resume_exactly(tmp_path: Path) -> None:
+    """`hwnas train`'s own two workers: a run cut after 2 steps and resumed equals 4 steps straight."""
+    from hwnas.train.run import train_supernet
+
+    train_supernet(tiny(processes=2, max_steps=4), tmp_path / "whole")
+    train_supernet(tiny(processes=2, max_steps=2), tmp_path / "cut")
+    resumed, _ = train_supernet(tiny(processes=2, max_steps=4), tmp_path / "cut", resume=True)
+    a, b = load_checkpoint(tmp_path / "whole" / FILENAME), load_checkpoint(tmp_path / "cut" / FILENAME)
+    assert a["position"]["global_step"] == b["position"]["global_step"] == 4 and a["config"]["processes"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert not dist.is_initialized()  # the workers' process group never reached this process
+
+
+def test_a_workers_error_comes_back_as_one(tmp_path: Path) -> None:
+    from hwnas.errors import HwnasError
+    from hwnas.train.run import train_supernet
+
+    with pytest.raises(HwnasError, match="batch_size 63 is not divisible by the 2 processes"):
+        train_supernet(tiny(processes=2, batch_size=63, max_steps=1), tmp_path / "run")

@@ -29,8 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hwnas.arch import Arch
 from hwnas.commands.output import add_json_flag, emit, log, table
 from hwnas.errors import HwnasError
@@ -240,12 +238,12 @@ def check_front(result: dict[str, Any], objective: str, budget: dict[str, float]
 
 
 def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, Any]:
-    from hwnas.compile.deploy import CompiledNet, compile_subnet, export, float_baseline, time_torch_ms, verify
+    from hwnas.compile.deploy import CompiledNet, compile_subnet, export, verify
+    from hwnas.compile.timing import network_speed
     from hwnas.train.evaluate import calibrated_subnet
 
     run = load_run(run_dir)
     res, calib = run.config.resolution, run.calibration_batches()
-    image = np.random.default_rng(0).standard_normal((1, 3, res, res), dtype=np.float32)
     result = {}
     for name, arch in winners.items():
         subnet = calibrated_subnet(run.supernet, arch, calib)
@@ -253,18 +251,18 @@ def _compile(run_dir: Path, out: Path, winners: dict[str, Arch]) -> dict[str, An
         atomic_write_text(out / f"{name}.json", arch.dumps() + "\n")
         net = CompiledNet.load(path)
         check = verify(net, subnet, res)
-        ms = net.time_ms(image)[0]
-        torch_ms = time_torch_ms(float_baseline(arch, run.splits.num_classes), image)[0]
+        speed = network_speed(path, arch, run.splits.num_classes, res)  # each side alone
+        ms, torch_ms = speed.tvm.best_s * 1e3, speed.torch.best_s * 1e3
         result[name] = {
             "arch": arch.to_json(),
             "library": str(path),
             "verified": check.ok,
             "max_rel_error": check.max_rel_error,
-            "latency_ms": ms,
-            "torch_fp32_ms": torch_ms,
-            "speedup": torch_ms / ms,
+            **speed.to_json(),
         }
         log(f"[compile] {name}: {path}, verified {check.ok}, {ms:.3f} ms vs {torch_ms:.3f} ms float32")
+        if not result[name]["baseline_plausible"]:
+            log(f"[compile] {name}: the float32 time is implausibly slow (machine busy): its speedup is not one")
     return result
 
 

@@ -17,7 +17,7 @@ from hwnas.train.run import load_run, resolve_for_resume, train_supernet
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a binary supernet (sandwich rule, Bi-Teacher); torchrun for DDP")
+    p = sub.add_parser("train", help="train a binary supernet (sandwich rule, Bi-Teacher), one process per core")
     p.add_argument("--config", type=Path, help="TOML file of config keys (command-line flags win)")
     p.add_argument("--out", type=Path, default=Path("runs/supernet"), help="run directory (default runs/supernet)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")

@@ -76,10 +76,14 @@ class CompiledNet:
 
     def time_ms(self, image: np.ndarray, repeat: int = 20) -> tuple[float, float]:
         """Median and spread (max - min) in ms over ``repeat`` batches of calls, after a warm-up."""
+        times = self.time_samples_ms(image, repeat)
+        return statistics.median(times), max(times) - min(times)
+
+    def time_samples_ms(self, image: np.ndarray, repeat: int = 20) -> list[float]:
+        """Ms per call of each of ``repeat`` batches (each of at least 3 calls and 20 ms), after a warm-up."""
         arg = tvm.runtime.tensor(np.ascontiguousarray(image, dtype="float32"))
         timer = self.vm.time_evaluator("main", self.device, number=3, repeat=repeat, min_repeat_ms=20)
-        times = [t * 1e3 for t in timer(arg).results]
-        return statistics.median(times), max(times) - min(times)
+        return [t * 1e3 for t in timer(arg).results]
 
     def profile(self, image: np.ndarray, labels: list[str], repeat: int = 10) -> list[tuple[str, float]]:
         """Median ms of every kernel call, labelled in execution order (``Compiled.labels``)."""
@@ -158,7 +162,8 @@ def float_baseline(arch: Arch, num_classes: int) -> BinaryNet:
 
 
 def time_torch_ms(module: torch.nn.Module, image: np.ndarray, repeat: int = 20) -> tuple[float, float]:
-    """Median and spread in ms of a PyTorch forward pass, after a warm-up."""
+    """Median and spread in ms of a PyTorch forward pass, after a warm-up, in this process: a
+    baseline for speedups is timed alone instead (:mod:`hwnas.compile.timing`)."""
     x = torch.from_numpy(np.ascontiguousarray(image, dtype="float32"))
     times = []
     with torch.inference_mode():

@@ -21,7 +21,7 @@ from hwnas.space import SearchSpace
 from hwnas.train.checkpoint import FILENAME, claim, load_checkpoint
 from hwnas.train.config import Config, TrainConfig, coerce, load_toml
 from hwnas.train.data import Splits, build_splits, load_indices, save_indices
-from hwnas.train.distributed import Dist, init_distributed
+from hwnas.train.distributed import Dist, default_processes, init_distributed, launched, spawn
 from hwnas.train.evaluate import preload, stream
 from hwnas.train.init import init_thresholds
 from hwnas.train.loop import LoopData, train_loop
@@ -108,12 +108,25 @@ def load_run(run_dir: str | Path, data: str | None = None) -> Run:
 def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> tuple[BinaryNet, dict]:
     """Train (or resume) a supernet into ``run_dir``; returns it and the last epoch's metrics.
 
-    The directory is locked while it trains; on resume its files are rewritten only once the
-    checkpoint has loaded into the model of ``config`` (see :func:`hwnas.train.loop.train_loop`).
+    The directory is locked while it trains (by this process: workers it spawns train under its
+    lock); on resume its files are rewritten only once the checkpoint has loaded into the model of
+    ``config`` (see :func:`hwnas.train.loop.train_loop`). Outside torchrun, ``config.processes``
+    (0: one per core) data-parallel workers are spawned here when that is more than one; the
+    supernet returned is then the one saved in ``run_dir``.
     """
+    processes = config.processes or default_processes()
+    if processes > 1 and not launched():
+        with claim(run_dir, resume) as resume:
+            metrics = spawn(_train_metrics, (config, run_dir, resume), processes)
+        return load_run(run_dir).supernet, metrics
     d = init_distributed(config.threads)
     with claim(run_dir, resume, main=d.main) as resume:
         return _train(config, run_dir, resume, d)
+
+
+def _train_metrics(config: TrainConfig, run_dir: Path, resume: bool) -> dict:
+    """A spawned worker's training (under its parent's lock on ``run_dir``); returns the metrics."""
+    return _train(config, run_dir, resume, init_distributed(config.threads))[1]
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, d: Dist) -> tuple[BinaryNet, dict]:
