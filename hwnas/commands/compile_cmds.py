@@ -35,59 +35,80 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from hwnas.compile.deploy import (
-        CompiledNet,
-        compile_subnet,
-        export,
-        float_baseline,
-        profile_library,
-        time_torch_ms,
-        verify,
-    )
+    from hwnas.compile.deploy import compile_subnet, export, verify
+    from hwnas.compile.on_device import net_on_device
     from hwnas.compile.weights import load_subnet
     from hwnas.errors import HwnasError
     from hwnas.targets.target import load_target
 
     target = load_target(args.target)
+    remote = target.connection.kind != "local"
+    if args.profile and remote:
+        raise HwnasError(f"--profile times each kernel on this machine; target {args.target} is a remote device")
     arch, sub = load_subnet(args.arch, args.weights, args.resolution, args.classes, args.seed)
-    runs_here = target.connection.kind == "local"
-    if (args.verify or args.bench) and not runs_here:
-        raise HwnasError(f"--verify and --bench run on this machine; target {args.target} is a remote device")
     log(f"compiling {arch} at {sub.resolution}x{sub.resolution} for {args.target}")
     compiled = compile_subnet(sub.net, sub.resolution, target.tvm_target())
     path = export(compiled, args.output, target.cc)
     log(f"wrote {path}")
     data: dict = {"output": str(path), "target": args.target, "resolution": sub.resolution, "arch": arch.to_json()}
     lines = [f"library  {path}"]
-    if runs_here:
-        net = CompiledNet.load(path)
-        image = np.random.default_rng(args.seed).standard_normal((1, 3, sub.resolution, sub.resolution), "float32")
-    if args.verify:
-        check = verify(net, sub.net, sub.resolution, seed=args.seed)
-        data.update(verified=check.ok, max_rel_error=check.max_rel_error, top1_agree=check.top1_agree)
-        lines.append(
-            f"verify   {'ok' if check.ok else 'FAILED'}: max relative logit error {check.max_rel_error:.2e}, "
-            f"top-1 {'agrees' if check.top1_agree else 'differs'} on {check.samples} random inputs"
-        )
+    image = np.random.default_rng(args.seed).standard_normal((1, 3, sub.resolution, sub.resolution), "float32")
+    if args.verify or args.bench:
+        if remote:
+            log(f"running it on {args.target} ({target.connection})")
+        with net_on_device(target, path) as net:
+            if args.verify:
+                check = verify(net, sub.net, sub.resolution, seed=args.seed)
+                data.update(verified=check.ok, max_rel_error=check.max_rel_error, top1_agree=check.top1_agree)
+                lines.append(
+                    f"verify   {'ok' if check.ok else 'FAILED'}: max relative logit error {check.max_rel_error:.2e}, "
+                    f"top-1 {'agrees' if check.top1_agree else 'differs'} on {check.samples} random inputs"
+                    + (f" (run on {args.target})" if remote else "")
+                )
+            if args.bench:
+                ms, spread = net.time_ms(image)
+                data.update(latency_ms=ms, spread_ms=spread, emulated=target.connection.emulated)
+                emulated = " (emulated: not a board's time)" if target.connection.emulated else ""
+                where = f" on {args.target}{emulated}" if remote else ""
+                lines.append(f"latency  {ms:.3f} ms (spread {spread:.3f}){where}")
     if args.bench:
-        ms, spread = net.time_ms(image)
-        # the per-kernel profile runs in a process without PyTorch: in this one, after the model
-        # ran, every kernel timed from Python waited for a scheduler time slice (10-20x too slow)
-        profile = profile_library(path, image, compiled.labels) if args.profile else None
-        torch_ms, torch_spread = time_torch_ms(float_baseline(arch, sub.num_classes), image)
-        data.update(latency_ms=ms, spread_ms=spread, torch_fp32_ms=torch_ms, speedup=torch_ms / ms)
-        lines += [
-            f"latency  {ms:.3f} ms (spread {spread:.3f})",
-            f"torch    {torch_ms:.3f} ms float32 (spread {torch_spread:.3f})",
-            f"speedup: {torch_ms / ms:.1f}",
-        ]
-        if profile is not None:
-            data["profile"] = [{"kernel": label, "ms": t} for label, t in profile]
-            rows = [(k, f"{t:.4f}", f"{100 * t / ms:.1f}%") for k, t in profile]
-            lines.append(table(("kernel", "ms", "share"), rows))
+        predicted = _predicted_ms(target, arch, sub.resolution)
+        if predicted is not None:
+            data["predicted_ms"] = predicted
+            lines.append(f"predicted {predicted:.3f} ms (the target's latency predictor)")
+        if not remote:
+            lines += _local_bench(args, arch, sub, compiled, path, image, data)
     emit(args, data, "\n".join(lines))
     if args.verify and not data["verified"]:
         raise HwnasError("verification failed: the compiled network does not match the PyTorch subnet")
+
+
+def _predicted_ms(target, arch, resolution: int) -> float | None:
+    """The target's predicted latency of ``arch``, or None when it has no (usable) predictor."""
+    from hwnas.predictors.latency import LatencyPredictor, PredictorError
+
+    try:
+        return float(LatencyPredictor.load(target).predict(arch, resolution))
+    except PredictorError:
+        return None
+
+
+def _local_bench(args, arch, sub, compiled, path, image, data: dict) -> list[str]:
+    """The float32 PyTorch baseline (and the per-kernel profile): figures of this machine only."""
+    from hwnas.compile.deploy import float_baseline, profile_library, time_torch_ms
+
+    ms = data["latency_ms"]
+    # the per-kernel profile runs in a process without PyTorch: in this one, after the model
+    # ran, every kernel timed from Python waited for a scheduler time slice (10-20x too slow)
+    profile = profile_library(path, image, compiled.labels) if args.profile else None
+    torch_ms, torch_spread = time_torch_ms(float_baseline(arch, sub.num_classes), image)
+    data.update(torch_fp32_ms=torch_ms, speedup=torch_ms / ms)
+    lines = [f"torch    {torch_ms:.3f} ms float32 (spread {torch_spread:.3f})", f"speedup: {torch_ms / ms:.1f}"]
+    if profile is not None:
+        data["profile"] = [{"kernel": label, "ms": t} for label, t in profile]
+        rows = [(k, f"{t:.4f}", f"{100 * t / ms:.1f}%") for k, t in profile]
+        lines.append(table(("kernel", "ms", "share"), rows))
+    return lines
 
 
 def cmd_export(args: argparse.Namespace) -> None:
