@@ -7,11 +7,20 @@ import sys
 from collections.abc import Sequence
 
 from hwnas import __version__
-from hwnas.commands import compile_cmds, detect_cmds, pipeline, search_cmds, space_cmds, target_cmds, train_cmds
+from hwnas.commands import (
+    board_cmds,
+    compile_cmds,
+    detect_cmds,
+    pipeline,
+    search_cmds,
+    space_cmds,
+    target_cmds,
+    train_cmds,
+)
 from hwnas.errors import HwnasError
 from hwnas.logs import setup_logging
 
-COMMANDS = (space_cmds, train_cmds, detect_cmds, compile_cmds, target_cmds, search_cmds, pipeline)
+COMMANDS = (space_cmds, train_cmds, detect_cmds, compile_cmds, target_cmds, board_cmds, search_cmds, pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@
 - the kind (``layer``, ``stem``, ``head`` or ``network``), the configuration as canonical JSON
   (sorted keys, no spaces) and the input resolution.
 
-Each row records the median over the repeats, the spread (the inter-quartile range of the
+Each row records whether the device was emulated (``emulated``: a qemu board's timings are not a
+board's; ``hwnas predictor fit`` refuses them), the median over the repeats, the spread (the inter-quartile range of the
 per-repeat times, robust to one stray slow repeat on a shared machine), the number of repeats and
 when it was measured. The file is in WAL mode and every ``add`` commits, so killing a profiling
 run loses at most the measurement in flight; ``missing`` tells the profiler what is left, and a
@@ -56,6 +57,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     spread_ms REAL NOT NULL,
     repeats INTEGER NOT NULL,
     measured_at TEXT NOT NULL,
+    emulated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (target, tvm_version, method, kind, config, resolution)
 )
 """
@@ -134,22 +136,36 @@ class Store:
     """Measurements of one target, TVM version and methods (rows of others stay in the file, unseen)."""
 
     def __init__(
-        self, path: Path, target_fingerprint: str, version: str, methods: Mapping[str, str] = MEASURE_METHODS
+        self,
+        path: Path,
+        target_fingerprint: str,
+        version: str,
+        methods: Mapping[str, str] = MEASURE_METHODS,
+        emulated: bool = False,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.target = target_fingerprint
         self.version = version
         self.methods = dict(methods)
+        self.emulated = emulated
         self._db = sqlite3.connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(measurements)")}
+        if "emulated" not in columns:  # a store written before emulated boards: all its rows are real
+            self._db.execute("ALTER TABLE measurements ADD COLUMN emulated INTEGER NOT NULL DEFAULT 0")
         self._db.commit()
 
     @classmethod
     def for_target(cls, target: Target, version: str | None = None) -> Store:
         """The target's store in the data directory, for the installed TVM unless ``version`` is given."""
-        return cls(store_path(target.name), target.fingerprint(), version or tvm_version())
+        return cls(
+            store_path(target.name),
+            target.fingerprint(),
+            version or tvm_version(),
+            emulated=target.connection.emulated,
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -197,7 +213,8 @@ class Store:
         when = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._db:  # one transaction, committed on success
             self._db.execute(
-                "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO measurements (target, tvm_version, method, kind, config, resolution,"
+                " median_ms, spread_ms, repeats, measured_at, emulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     self.target,
                     self.version,
@@ -209,6 +226,7 @@ class Store:
                     spread,
                     len(samples_ms),
                     when,
+                    int(self.emulated),
                 ),
             )
         return Measurement(key, median, spread, len(samples_ms), when)
@@ -232,6 +250,12 @@ class Store:
             params,
         )
         return [Measurement(Key(k, c, r), m, s, n, t) for k, c, r, m, s, n, t in rows]
+
+    def emulated_rows(self) -> int:
+        """How many of this target's current measurements were taken on an emulated device."""
+        where, params = self._current()
+        row = self._db.execute(f"SELECT COUNT(*) FROM measurements WHERE {where} AND emulated", params).fetchone()
+        return int(row[0])
 
     def counts(self) -> dict[str, int]:
         """Number of measurements per kind."""

@@ -91,7 +91,7 @@ def rpc_target(name: str, port: int, extra: str = "") -> None:
 
 
 def test_builtin_targets(_home):
-    assert set(target_files()) == {"local", "x86-avx2", "aarch64"}
+    assert set(target_files()) == {"local", "x86-avx2", "aarch64", "aarch64-qemu", "rpi4", "rpi5", "cortex-a53"}
     local = load_target("local")
     assert local.tvm["mcpu"] == tvm.target.codegen.llvm_get_system_cpu() and local.connection.kind == "local"
     assert str(local.tvm_target().kind) == "llvm"

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hwnas.commands.output import add_json_flag, emit, table
+from hwnas.errors import HwnasError
 from hwnas.predictors.evaluate import evaluate
 from hwnas.predictors.latency import DEFAULT_HOLDOUT, MIN_CALIBRATION_NETWORKS, LatencyPredictor, fit, predictor_dir
 from hwnas.targets.plan import Plan, profile_target
@@ -100,6 +101,9 @@ def cmd_profile(args: argparse.Namespace) -> None:
         f"({data['slow_window_s']:.0f} s waiting them out)"
     )
     emit(args, data, "\n".join(lines))
+    left = sum(r["total"] - r["already_measured"] - r["measured"] for r in runs.values())
+    if left:
+        raise HwnasError(f"{left} job(s) failed or stayed unmeasured on {target.name}; rerun to resume")
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
