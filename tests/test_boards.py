@@ -312,34 +312,34 @@ def tracker_target(port: int) -> None:
 
 
 def test_subnets_verified_on_the_emulated_board_through_the_tracker(tracked_board, tmp_path):
-    from hwnas.compile.deploy import compile_subnet, export, verify
-    from hwnas.compile.on_device import net_on_device
+    """The largest, the smallest and a random subnet at 32x32, compiled for aarch64, run on the
+    board (one session through the tracker's device key) and compared with PyTorch on the host."""
+    from hwnas.compile.deploy import CompiledNet, compile_subnet, export, verify
     from hwnas.model import build_supernet
 
     tracker_target(tracked_board)
     target = load_target("qemu-pool")
     supernet = build_supernet(NASBNN, 10).eval()
     archs = [NASBNN.largest(), NASBNN.smallest(), NASBNN.sample(random.Random(7))]
-    for i, arch in enumerate(archs):
-        subnet = supernet.extract(arch)
-        compiled = compile_subnet(subnet, 32, target.tvm_target())
-        library = export(compiled, tmp_path / f"net{i}.so", target.cc)
-        assert library.read_bytes()[:4] == b"\x7fELF" and library.read_bytes()[18] == 0xB7  # EM_AARCH64
-        with net_on_device(target, library) as net:
-            assert net.device.device_type >= 128  # an RPC session's device
+    with open_session(target) as session:
+        for i, arch in enumerate(archs):
+            subnet = supernet.extract(arch)
+            library = export(compile_subnet(subnet, 32, target.tvm_target()), tmp_path / f"net{i}.so", target.cc)
+            assert library.read_bytes()[:4] == b"\x7fELF" and library.read_bytes()[18] == 0xB7  # EM_AARCH64
+            net = CompiledNet(session.load_library(library), session.device)
+            assert net.device.dlpack_device_type() >= 128  # an RPC session's device (a host one is 1)
             check = verify(net, subnet, 32, samples=2)
-        assert check.ok, (arch, check)
+            assert check.ok, (arch, check)
 
 
-def test_short_profile_on_the_emulated_board_stores_marked_rows(tracked_board, capsys):
-    tracker_target(tracked_board)
-    argv = ["profile", "--target", "qemu-pool", "--layers", "1", "--networks", "1", "--resolution", "32"]
+def test_short_profile_on_the_emulated_board_stores_marked_rows(board_cache, capsys):
+    argv = ["profile", "--target", "aarch64-qemu", "--layers", "1", "--networks", "1", "--resolution", "32"]
     assert main([*argv, "--repeat", "2", "--min-repeat-ms", "1", "--tries", "1", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["stored"]["layer"] == 1 and data["stored"]["network"] == 1, data
-    with Store.for_target(load_target("qemu-pool")) as store:
+    with Store.for_target(load_target("aarch64-qemu")) as store:
         assert store.emulated_rows() == sum(data["stored"].values()) > 0
-    assert main(["predictor", "fit", "--target", "qemu-pool", "--resolution", "32"]) == 2
+    assert main(["predictor", "fit", "--target", "aarch64-qemu", "--resolution", "32"]) == 2
 
 
 def test_cli_compile_verify_and_bench_on_the_builtin_emulated_target(board_cache, tmp_path, capsys):

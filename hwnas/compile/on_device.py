@@ -22,4 +22,8 @@ def net_on_device(target: Target, library: Path) -> Iterator[CompiledNet]:
         yield CompiledNet.load(library)
         return
     with open_session(target) as session, session.device_calls():
-        yield CompiledNet(session.load_library(library), session.device)
+        net = CompiledNet(session.load_library(library), session.device)
+        try:
+            yield net
+        finally:
+            net.vm = None  # the VM holds the RPC session (and a tracker's device) open: free it with the block
