@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 
 from hwnas.commands.output import add_json_flag, emit, log
@@ -49,11 +50,16 @@ def cmd_setup(args: argparse.Namespace) -> None:
     emit(args, {"directory": str(parts.directory)}, f"emulated Arm board ready in {parts.directory}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_start(args: argparse.Namespace) -> None:
     from hwnas.files import atomic_write_text
     from hwnas.targets.board import EmulatedBoard
     from hwnas.targets.target import load_target, user_targets_dir
 
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the board as Ctrl-C does
     with EmulatedBoard(threads=args.threads) as board:
         path = atomic_write_text(
             user_targets_dir() / f"{args.name}.toml", TARGET_TEMPLATE.format(port=board.port, threads=args.threads)
