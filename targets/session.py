@@ -252,10 +252,10 @@ about 1.5 %; docs/profiling.md has why not 1.4)."""
 SLOW_WAIT_S = 15.0
 """How long a measurement waits for a slow window to pass before giving up (:class:`SlowDevice`)."""
 SLOW_PAUSE_S = 1.0
+"""Pause between batches while the device is in a slow window."""
 BASELINE_S = 60.0
 """Span of probe readings the slow-window baseline is the fastest of: four times the longest wait
 for a window, short beside the minutes a board takes to heat up."""
-"""Pause between batches while the device is in a slow window."""
 QUIET_CORES = 0.3
 """Other processes may use this many cores during a batch before it counts as disturbed."""
 BURST_PAUSE_S = 0.3
