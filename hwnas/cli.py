@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from hwnas import __version__
 from hwnas.commands import (
+    board_cmds,
     compile_cmds,
     detect_cmds,
     import_cmds,
@@ -20,7 +21,17 @@ from hwnas.commands import (
 from hwnas.errors import HwnasError
 from hwnas.logs import setup_logging
 
-COMMANDS = (space_cmds, train_cmds, detect_cmds, compile_cmds, target_cmds, search_cmds, import_cmds, pipeline)
+COMMANDS = (
+    space_cmds,
+    train_cmds,
+    detect_cmds,
+    compile_cmds,
+    target_cmds,
+    board_cmds,
+    search_cmds,
+    import_cmds,
+    pipeline,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

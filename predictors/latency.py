@@ -247,6 +247,11 @@ def fit(
     n_estimators: int = 400,
 ) -> LatencyPredictor:
     """Train the layer model and the network calibration on the store's training split."""
+    if target.connection.emulated or store.emulated_rows():
+        raise PredictorError(
+            f"target {target.name!r} is an emulated device: its timings are not a board's, so no predictor "
+            "is fitted on them; profile the real board"
+        )
     train, _ = split(store, resolution, holdout)
     if len(train.layers) < 2:
         raise PredictorError(

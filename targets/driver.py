@@ -103,6 +103,10 @@ HOST_CORES = os.cpu_count() or 1
 """Build threads of a profile: the host compiles while nothing is timed, with all its cores."""
 
 
+class DeviceLost(HwnasError):
+    """The device stopped answering mid-run: the run stops at once (what it stored stays stored)."""
+
+
 class RetryLater(HwnasError):
     """A timing the device could not give just now (it stayed in a slow window): the job goes to
     the end of the run and is timed once more there, from what it already compiled."""
@@ -139,7 +143,7 @@ def run_jobs(
             if isinstance(built, Exception):
                 raise built
             samples = built()
-        except Exception as exc:  # a failed compile or a lost device: report, skip, go on
+        except Exception as exc:  # a failed compile or timing: report, skip, go on
             if isinstance(exc, RetryLater) and not last_try:
                 deferred.append((job, built))  # built is a Timer: only timings raise RetryLater
                 return True
@@ -148,6 +152,9 @@ def run_jobs(
             _log.warning(f"failed: {job.label}: {message}")
             bar.update()
             streak += 1
+            if isinstance(exc, DeviceLost):
+                report.stopped = f"stopped: {message}; what was measured is stored, rerun to resume"
+                return False
             if streak == max_failures_in_a_row:
                 report.stopped = f"stopped after {streak} failures in a row; rerun to resume"
                 return False

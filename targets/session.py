@@ -1,10 +1,14 @@
 """A session on a target's device: load compiled modules there and time them, locally or over TVM RPC.
 
 Remote devices are reached only through TVM's own RPC: ``python -m tvm.exec.rpc_server`` on the
-board (``rpc`` targets), or ``python -m tvm.exec.rpc_tracker`` plus servers registered under a
-device key (``tracker`` targets). Before handing the address to TVM, the session checks that a TCP
-connection opens within the target's ``timeout_s``: TVM's own connect waits for the operating
-system's timeout (minutes) on a silent host, and its tracker client retries for a minute.
+board (``rpc`` targets), ``python -m tvm.exec.rpc_tracker`` plus servers registered under a
+device key (``tracker`` targets), or an emulated board the session starts on a loopback port and
+stops at its end (``emulated`` targets, :mod:`hwnas.targets.board`). Before handing the address to
+TVM, the session checks that a TCP connection opens within the target's ``timeout_s``: TVM's own
+connect waits for the operating system's timeout (minutes) on a silent host, and its tracker client
+retries for a minute and then waits for the key's device without end, so the tracker's socket gets
+that timeout as well. A remote call that fails on a device that no longer answers raises
+:class:`DeviceLost`, which stops a profile at once (what was stored stays stored).
 
 Threads: on this machine the session sets ``TVM_NUM_THREADS`` before TVM's pool starts (TVM
 otherwise uses half the cores on x86). A remote server reads its own environment, so start it
@@ -19,8 +23,9 @@ import socket
 import tempfile
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hwnas.errors import HwnasError
-from hwnas.targets.driver import RetryLater
+from hwnas.targets.driver import DeviceLost, RetryLater
 from hwnas.targets.store import summarize
 from hwnas.targets.target import Target, local_threads
 
@@ -81,9 +86,41 @@ class Session:
         from hwnas.compile.runner import link
 
         self._count += 1
-        path = link(exe, self._workdir / f"mod{self._count}.so", self.target.cc)
-        self.remote.upload(str(path))
-        return self.remote.load_module(path.name)
+        return self.load_library(link(exe, self._workdir / f"mod{self._count}.so", self.target.cc))
+
+    def load_library(self, path: Path) -> tvm.runtime.Module:
+        """An exported library (linked for the target) loaded on the device, uploaded first if remote."""
+        import tvm
+
+        if self.remote is None:
+            return tvm.runtime.load_module(str(path))
+        self._count += 1
+        name = f"lib{self._count}{path.suffix}"
+        with self.device_calls():
+            self.remote.upload(str(path), target=name)
+            return self.remote.load_module(name)
+
+    @contextmanager
+    def device_calls(self) -> Iterator[None]:
+        """Remote calls inside the block that fail on a device that stopped answering raise
+        :class:`DeviceLost`; other failures (a kernel's own error) pass unchanged."""
+        try:
+            yield
+        except Exception as exc:
+            if self.remote is not None and not self.answers():
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DeviceLost(f"target {self.target.name}: the device stopped answering ({first})") from None
+            raise
+
+    def answers(self) -> bool:
+        """Whether the remote device still answers a trivial call (a local one always does)."""
+        if self.remote is None:
+            return True
+        try:
+            self.tensor(np.zeros(1, "uint8"))  # one round trip (a device attribute may be cached)
+        except Exception:
+            return False
+        return True
 
     def tensor(self, array: np.ndarray) -> tvm.runtime.Tensor:
         import tvm
@@ -119,7 +156,12 @@ class Session:
         is kept: profile a target while it is otherwise idle. A remote board's processes cannot be
         watched from here; its slow windows can.
         """
-        timing = timing or Timing()
+        with self.device_calls():
+            return self._time_ms(mod, args, name, timing or Timing())
+
+    def _time_ms(
+        self, mod: tvm.runtime.Module | tvm.relax.VirtualMachine, args: Sequence[Any], name: str, timing: Timing
+    ) -> list[float]:
         tolerance = timing.tolerance
         mod[name](*args)
         timer = mod.time_evaluator(
@@ -173,19 +215,31 @@ class SlowWindows:
 
     A batch inside a window is as steady as any, so its spread does not tell (docs/profiling.md:
     what the windows look like here). The probe (``probe() -> ms``, a short parallel kernel) is
-    read before and after each batch; a reading above ``SLOW_FACTOR`` times the fastest one of the
-    session marks the batch slow.
+    read before and after each batch; a reading above ``SLOW_FACTOR`` times the baseline marks the
+    batch slow. The baseline is the fastest reading of the last ``BASELINE_S`` seconds, not of the
+    whole session: a board that settles slower after warm-up (thermal throttling) is then compared
+    with its settled speed, while a window (at most ``SLOW_WAIT_S`` long) still has fast readings
+    before it inside the span.
     """
 
-    def __init__(self, probe: Callable[[], float]) -> None:
+    def __init__(self, probe: Callable[[], float], clock: Callable[[], float] = time.monotonic) -> None:
         self.probe = probe
-        self.fastest = math.inf
+        self.clock = clock
+        self._recent: deque[tuple[float, float]] = deque()  # (when, ms), the last BASELINE_S seconds
         self.slow_batches = 0  # batches found inside a window (and retried) in this session
         self.slow_s = 0.0  # seconds those batches and the pauses after them took
 
+    @property
+    def fastest(self) -> float:
+        """The baseline: the fastest reading of the last ``BASELINE_S`` seconds."""
+        return min((ms for _, ms in self._recent), default=math.inf)
+
     def read(self) -> float:
         ms = self.probe()
-        self.fastest = min(self.fastest, ms)
+        now = self.clock()
+        self._recent.append((now, ms))
+        while self._recent[0][0] < now - BASELINE_S:
+            self._recent.popleft()
         return ms
 
     def is_slow(self, ms: float) -> bool:
@@ -199,6 +253,9 @@ SLOW_WAIT_S = 15.0
 """How long a measurement waits for a slow window to pass before giving up (:class:`SlowDevice`)."""
 SLOW_PAUSE_S = 1.0
 """Pause between batches while the device is in a slow window."""
+BASELINE_S = 60.0
+"""Span of probe readings the slow-window baseline is the fastest of: four times the longest wait
+for a window, short beside the minutes a board takes to heat up."""
 QUIET_CORES = 0.3
 """Other processes may use this many cores during a batch before it counts as disturbed."""
 BURST_PAUSE_S = 0.3
@@ -243,34 +300,53 @@ def _check_reachable(host: str, port: int, timeout_s: float, what: str) -> None:
         raise DeviceUnreachable(f"cannot reach the {what} at {host}:{port} within {timeout_s:g} s: {reason}") from None
 
 
-def _connect(target: Target) -> Any:
+def _connect(target: Target, host: str, port: int) -> Any:
     from tvm import rpc
 
     conn = target.connection
-    what = "RPC server" if conn.kind == "rpc" else "RPC tracker"
-    _check_reachable(conn.host, conn.port, conn.timeout_s, what)
+    what = "RPC tracker" if conn.kind == "tracker" else "RPC server"
+    _check_reachable(host, port, conn.timeout_s, what)
     try:
-        if conn.kind == "rpc":
-            return rpc.connect(conn.host, conn.port, session_timeout=conn.session_timeout_s)
-        tracker = rpc.connect_tracker(conn.host, conn.port)
-        return tracker.request(conn.key, session_timeout=conn.session_timeout_s, max_retry=1)
+        if conn.kind != "tracker":
+            return rpc.connect(host, port, session_timeout=conn.session_timeout_s)
+        tracker = rpc.connect_tracker(host, port)
+        tracker._connect()  # TVM connects lazily and waits for a free device without end:
+        tracker._sock.settimeout(conn.timeout_s)  # its socket waits timeout_s at most
+        try:
+            return tracker.request(conn.key, session_timeout=conn.session_timeout_s, max_retry=1)
+        finally:
+            tracker.close()
     except Exception as exc:  # TVM raises TVMError, RuntimeError or socket errors here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DeviceUnreachable(f"target {target.name}: {what} at {conn.host}:{conn.port} refused: {first}") from None
+        if conn.kind == "tracker" and "timed out" in first:
+            raise DeviceUnreachable(
+                f"target {target.name}: no device with key {conn.key!r} became free at the RPC tracker "
+                f"{host}:{port} within {conn.timeout_s:g} s"
+            ) from None
+        raise DeviceUnreachable(f"target {target.name}: {what} at {host}:{port} refused: {first}") from None
 
 
 @contextmanager
 def open_session(target: Target) -> Iterator[Session]:
-    """A session on the target's device, closed (temporary files removed) on exit.
+    """A session on the target's device, closed (temporary files removed, an emulated board
+    stopped) on exit.
 
-    Raises DeviceUnreachable, a one-line HwnasError, when an RPC server or tracker does not answer.
+    Raises DeviceUnreachable, a one-line HwnasError, when an RPC server or tracker does not answer,
+    and BoardError when an emulated board cannot start.
     """
-    remote = None
-    if target.connection.kind == "local":
-        _set_local_threads(local_threads(target))
-    else:
-        remote = _connect(target)
-    with tempfile.TemporaryDirectory(prefix=f"hwnas-{target.name}-") as workdir:
+    conn = target.connection
+    with ExitStack() as stack:
+        remote = None
+        if conn.kind == "local":
+            _set_local_threads(local_threads(target))
+        elif conn.kind == "emulated":
+            from hwnas.targets.board import EmulatedBoard
+
+            board = stack.enter_context(EmulatedBoard(threads=target.threads or 1))
+            remote = _connect(target, "127.0.0.1", board.port)
+        else:
+            remote = _connect(target, conn.host, conn.port)
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"hwnas-{target.name}-"))
         yield Session(target, remote, Path(workdir))
 
 

@@ -11,7 +11,8 @@
 - the kind (``layer``, ``stem``, ``head`` or ``network``), the configuration as canonical JSON
   (sorted keys, no spaces) and the input resolution.
 
-Each row records the median over the repeats, the spread (the inter-quartile range of the
+Each row records whether the device was emulated (``emulated``: a qemu board's timings are not a
+board's; ``hwnas predictor fit`` refuses them), the median over the repeats, the spread (the inter-quartile range of the
 per-repeat times, robust to one stray slow repeat on a shared machine), the number of repeats and
 when it was measured. The file is in WAL mode and every ``add`` commits, so killing a profiling
 run loses at most the measurement in flight; ``missing`` tells the profiler what is left, and a
@@ -56,6 +57,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     spread_ms REAL NOT NULL,
     repeats INTEGER NOT NULL,
     measured_at TEXT NOT NULL,
+    emulated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (target, tvm_version, method, kind, config, resolution)
 )
 """
@@ -148,12 +150,18 @@ class Store:
     """Measurements of one target, TVM version and methods (rows of others stay in the file, unseen)."""
 
     def __init__(
-        self, path: Path, target_fingerprint: str, version: str, methods: Mapping[str, str] = MEASURE_METHODS
+        self,
+        path: Path,
+        target_fingerprint: str,
+        version: str,
+        methods: Mapping[str, str] = MEASURE_METHODS,
+        emulated: bool = False,
     ) -> None:
         self.path = path
         self.target = target_fingerprint
         self.version = version
         self.methods = dict(methods)
+        self.emulated = emulated
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=LOCK_TIMEOUT_S)
@@ -162,6 +170,9 @@ class Store:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(measurements)")}
+            if "emulated" not in columns:  # a store written before emulated boards: all its rows are real
+                self._db.execute("ALTER TABLE measurements ADD COLUMN emulated INTEGER NOT NULL DEFAULT 0")
             self._db.commit()
             self._db.execute("SELECT COUNT(*) FROM measurements").fetchone()
         except sqlite3.Error as exc:
@@ -171,7 +182,12 @@ class Store:
     @classmethod
     def for_target(cls, target: Target, version: str | None = None) -> Store:
         """The target's store in the data directory, for the installed TVM unless ``version`` is given."""
-        return cls(store_path(target.name), target.fingerprint(), version or tvm_version())
+        return cls(
+            store_path(target.name),
+            target.fingerprint(),
+            version or tvm_version(),
+            emulated=target.connection.emulated,
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -221,8 +237,9 @@ class Store:
         try:
             with self._db:  # one transaction, committed on success
                 self._db.execute(
-                    "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, median, spread, len(samples_ms), when),
+                    "INSERT OR IGNORE INTO measurements (target, tvm_version, method, kind, config, resolution,"
+                    " median_ms, spread_ms, repeats, measured_at, emulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, median, spread, len(samples_ms), when, int(self.emulated)),
                 )
         except sqlite3.Error as exc:  # locked past the timeout, a full disk, a damaged file
             raise store_error(self.path, exc) from None
@@ -247,6 +264,12 @@ class Store:
             params,
         )
         return [Measurement(Key(k, c, r), m, s, n, t) for k, c, r, m, s, n, t in rows]
+
+    def emulated_rows(self) -> int:
+        """How many of this target's current measurements were taken on an emulated device."""
+        where, params = self._current()
+        row = self._db.execute(f"SELECT COUNT(*) FROM measurements WHERE {where} AND emulated", params).fetchone()
+        return int(row[0])
 
     def counts(self) -> dict[str, int]:
         """Number of measurements per kind."""

@@ -1,23 +1,31 @@
 """Targets: a TVM target plus the way to reach the device that runs it, read from small TOML files.
 
-Built-in targets are the ``*.toml`` files beside this module (``local``, ``x86-avx2``,
-``aarch64``). A user adds a device, or re-points a built-in one at their own board, by writing
-``<data dir>/targets/<name>.toml``; a user file of the same name wins over the built-in one. The
-format, every key checked (an unknown or ill-typed key is an error naming the file and the key)::
+Built-in targets are the ``*.toml`` files beside this module (``local``, ``x86-avx2``, a generic
+``aarch64``, the boards ``rpi4``, ``rpi5`` and ``cortex-a53``, and ``aarch64-qemu``, an emulated
+board that a session starts itself, :mod:`hwnas.targets.board`). A user adds a device, or
+re-points a built-in one at their own board, by writing ``<data dir>/targets/<name>.toml``; a user
+file of the same name wins over the built-in one. The format, every key checked (an unknown or
+ill-typed key is an error naming the file and the key)::
 
     description = "free text"              # optional
     [tvm]                                  # the LLVM target; "detect" asks LLVM about this host
-    kind = "llvm"
+    tag = "raspberry-pi/4b-aarch64"        # optional: a TVM target tag, or instead
+    target = "llvm -mcpu=cortex-a72"       # optional: a target string (or its JSON dict form);
+                                           # the keys below override what either gives
+    kind = "llvm"                          # required without tag / target
     mtriple = "aarch64-linux-gnu"          # optional; "detect" for the host's
     mcpu = "cortex-a72"                    # optional; "detect" for the host's
     mattr = ["+neon"]                      # optional
+    cores = 4                              # optional: the device's cores (TVM's num-cores)
     threads = 4                            # runtime threads on the device; 0 = every core
     [connection]
-    kind = "local" | "rpc" | "tracker"
+    kind = "local" | "rpc" | "tracker" | "emulated"   # emulated: hwnas starts a qemu board itself
     host = "192.168.1.20"                  # rpc: the rpc_server; tracker: the tracker
     port = 9090
     key = "rasp4"                          # tracker only: the device key
-    timeout_s = 10                         # optional: give up connecting after this long
+    emulated = false                       # optional: an rpc/tracker device that is emulated
+    timeout_s = 10                         # optional: give up connecting (or waiting for a
+                                           # tracker's device) after this long
     session_timeout_s = 0                  # optional: TVM's remote session timeout, 0 = none
     [export]                               # optional
     cc = "aarch64-linux-gnu-gcc"           # cross compiler linking the uploaded library
@@ -45,7 +53,9 @@ if TYPE_CHECKING:
 
 BUILTIN_DIR = Path(__file__).parent
 DETECT = "detect"
-CONNECTION_KINDS = ("local", "rpc", "tracker")
+CONNECTION_KINDS = ("local", "rpc", "tracker", "emulated")
+TVM_KEYS = ("kind", "mtriple", "mcpu", "mattr", "num-cores")
+"""What a target file's ``[tvm]`` table, tag or target string may set (the rest of a tag is TVM's defaults)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMMAND = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
 """A plain command name (``gcc``, ``aarch64-linux-gnu-g++``, ``clang-18``): no path, no options."""
@@ -57,7 +67,8 @@ class TargetError(HwnasError):
 
 @dataclass(frozen=True)
 class Connection:
-    """How to reach the device: this process, an RPC server, or an RPC tracker and a device key."""
+    """How to reach the device: this process, an RPC server, an RPC tracker and a device key, or an
+    emulated board started for the session. ``emulated`` devices' timings are not a board's."""
 
     kind: str
     host: str = ""
@@ -65,12 +76,14 @@ class Connection:
     key: str = ""
     timeout_s: float = 10.0
     session_timeout_s: int = 0
+    emulated: bool = False
 
     def __str__(self) -> str:
-        if self.kind == "local":
-            return "local"
+        if self.kind in ("local", "emulated"):
+            return "local" if self.kind == "local" else "emulated aarch64 board (qemu)"
         where = f"{self.kind} {self.host}:{self.port}"
-        return f"{where} key {self.key}" if self.kind == "tracker" else where
+        where = f"{where} key {self.key}" if self.kind == "tracker" else where
+        return f"{where} (emulated)" if self.emulated else where
 
 
 @dataclass(frozen=True)
@@ -91,8 +104,11 @@ class Target:
         return tvm.target.Target(self.tvm)
 
     def fingerprint(self) -> str:
-        """Canonical JSON of what makes measurements comparable: the TVM target and the threads."""
-        return json.dumps({"tvm": self.tvm, "threads": self.threads}, sort_keys=True, separators=(",", ":"))
+        """Canonical JSON of what makes measurements comparable: the TVM target, the threads, emulation."""
+        what: dict[str, Any] = {"tvm": self.tvm, "threads": self.threads}
+        if self.connection.emulated:  # an emulated device's rows never pass for a board's
+            what["emulated"] = True
+        return json.dumps(what, sort_keys=True, separators=(",", ":"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -185,9 +201,11 @@ class _Reader:
     def target(self, data: dict) -> Target:
         self.known(data, "", {"description", "tvm", "connection", "export"})
         description = self.get(data, "", "description", str, "")
-        tvm_table = self.table(data, "tvm", {"kind", "mtriple", "mcpu", "mattr", "threads"}, True)
+        tvm_table = self.table(
+            data, "tvm", {"tag", "target", "kind", "mtriple", "mcpu", "mattr", "cores", "threads"}, True
+        )
         conn_table = self.table(
-            data, "connection", {"kind", "host", "port", "key", "timeout_s", "session_timeout_s"}, True
+            data, "connection", {"kind", "host", "port", "key", "emulated", "timeout_s", "session_timeout_s"}, True
         )
         export = self.table(data, "export", {"cc"}, False)
         return Target(
@@ -215,7 +233,9 @@ class _Reader:
         return cc
 
     def tvm(self, table: dict) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.get(table, "tvm", "kind", str)}
+        out = self.base_target(table)
+        if "kind" in table or not out:
+            out["kind"] = self.get(table, "tvm", "kind", str)
         if out["kind"] != "llvm":
             raise self.fail("tvm.kind", f"only CPU targets are supported (kind = 'llvm'), got {out['kind']!r}")
         for key in ("mtriple", "mcpu"):
@@ -226,7 +246,28 @@ class _Reader:
             if not all(isinstance(a, str) and a[:1] in "+-" and len(a) > 1 for a in mattr):
                 raise self.fail("tvm.mattr", f"must be a list of strings like '+neon' or '-avx512f', got {mattr!r}")
             out["mattr"] = mattr
+        if "cores" in table:
+            cores = self.get(table, "tvm", "cores", int)
+            if cores < 1:
+                raise self.fail("tvm.cores", f"must be a positive count, got {cores}")
+            out["num-cores"] = cores
         return out
+
+    def base_target(self, table: dict) -> dict[str, Any]:
+        """What ``tag`` or ``target`` says (empty without them), kept to :data:`TVM_KEYS`."""
+        if "tag" in table and "target" in table:
+            raise self.fail("tvm.target", "give a tag or a target string, not both")
+        key = "tag" if "tag" in table else "target" if "target" in table else ""
+        if not key:
+            return {}
+        text = self.get(table, "tvm", key, str)
+        try:
+            spec = tvm_target_dict(text)
+        except (ValueError, RuntimeError) as exc:  # TVM's errors for unknown tags and bad strings
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise self.fail(f"tvm.{key}", f"TVM does not accept {text!r}: {first}") from None
+        plain = {"mattr": lambda v: [str(a) for a in v], "num-cores": int}  # TVM's containers -> JSON's
+        return {k: plain.get(k, str)(v) for k, v in spec.items() if k in TVM_KEYS}
 
     def threads(self, table: dict) -> int:
         threads = self.get(table, "tvm", "threads", int, 0)
@@ -243,11 +284,11 @@ class _Reader:
         if timeout <= 0 or session_timeout < 0:
             key = "timeout_s" if timeout <= 0 else "session_timeout_s"
             raise self.fail(f"connection.{key}", "must be positive" if timeout <= 0 else "must be 0 or more")
-        if kind == "local":
-            extra = sorted(set(table) & {"host", "port", "key"})
+        if kind in ("local", "emulated"):
+            extra = sorted(set(table) & {"host", "port", "key", "emulated"})
             if extra:
-                raise self.fail(f"connection.{extra[0]}", "a local target has no address; remove it")
-            return Connection("local", timeout_s=timeout, session_timeout_s=session_timeout)
+                raise self.fail(f"connection.{extra[0]}", f"a {kind} target has no address; remove it")
+            return Connection(kind, timeout_s=timeout, session_timeout_s=session_timeout, emulated=kind == "emulated")
         host = self.get(table, "connection", "host", str)
         port = self.get(table, "connection", "port", int)
         if not 0 < port < 65536:
@@ -255,10 +296,34 @@ class _Reader:
         key = self.get(table, "connection", "key", str) if kind == "tracker" else ""
         if kind == "rpc" and "key" in table:
             raise self.fail("connection.key", "a device key needs kind = 'tracker'")
-        return Connection(kind, host, port, key, timeout, session_timeout)
+        emulated = self.get(table, "connection", "emulated", bool, False)
+        return Connection(kind, host, port, key, timeout, session_timeout, emulated)
 
 
-_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list"}
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", bool: "true or false"}
+
+
+def tvm_target_dict(text: str) -> dict[str, Any]:
+    """A TVM target tag (``raspberry-pi/4b-aarch64``), target string (``llvm -mcpu=cortex-a72
+    -mattr=+neon,+dotprod``) or JSON dict, as the dict TVM makes of it. TVM 0.27 parses tags and
+    dicts only, so the string form is split here: the kind, then ``-key=value`` options, a
+    comma-separated value a list (``mattr``, ``keys``), digits an integer."""
+    import tvm
+
+    text = text.strip()
+    if text.startswith("{"):
+        spec: Any = json.loads(text)
+    elif " " in text or text in ("llvm", "c"):
+        kind, *options = text.split()
+        spec = {"kind": kind}
+        for option in options:
+            name, sep, value = option.lstrip("-").partition("=")
+            if not option.startswith("-") or not sep:
+                raise ValueError(f"option {option!r} is not -key=value")
+            spec[name] = value.split(",") if name in ("mattr", "keys") else int(value) if value.isdigit() else value
+    else:
+        spec = text  # a tag
+    return dict(tvm.target.Target(spec).export())
 
 
 def _detect(key: str) -> str:

@@ -99,8 +99,9 @@ def load_func(session: Session, func: Any, exe: Any, rng: np.random.Generator) -
 
 
 def watch_slow_windows(session: Session) -> None:
-    """Install the session's slow-window probe, the binary conv of ``PROBE_LAYER`` (once per session)."""
-    if session.slow_windows is not None:
+    """Install the session's slow-window probe, the binary conv of ``PROBE_LAYER`` (once per session).
+    Not on an emulated device: its speed follows the host's load, and its timings are not a board's."""
+    if session.slow_windows is not None or session.target.connection.emulated:
         return
     target = session.target.tvm_target()
     probe = layer_kernels(PROBE_LAYER, target)[1]

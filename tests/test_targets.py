@@ -91,7 +91,7 @@ def rpc_target(name: str, port: int, extra: str = "") -> None:
 
 
 def test_builtin_targets(_home):
-    assert set(target_files()) == {"local", "x86-avx2", "aarch64"}
+    assert set(target_files()) == {"local", "x86-avx2", "aarch64", "aarch64-qemu", "rpi4", "rpi5", "cortex-a53"}
     local = load_target("local")
     assert local.tvm["mcpu"] == tvm.target.codegen.llvm_get_system_cpu() and local.connection.kind == "local"
     assert str(local.tvm_target().kind) == "llvm"
@@ -109,7 +109,8 @@ def test_user_target_adds_and_overrides(capsys):
     assert load_target("aarch64").connection.port == 9091  # the user's file wins
     assert main(["targets", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert [t["name"] for t in data["targets"]] == ["aarch64", "local", "my-board", "x86-avx2"]
+    names = ["aarch64", "aarch64-qemu", "cortex-a53", "local", "my-board", "rpi4", "rpi5", "x86-avx2"]
+    assert [t["name"] for t in data["targets"]] == names
 
 
 def test_fingerprint_follows_the_file():
@@ -129,7 +130,7 @@ def test_fingerprint_follows_the_file():
         ('mcpu = "haswell"', "mcpu = 5", "tvm.mcpu: must be a string"),
         ('mcpu = "haswell"', 'mattr = ["neon"]', "tvm.mattr: must be a list of strings like '+neon'"),
         ('mcpu = "haswell"', 'mattr = "+neon"', "tvm.mattr: must be a list"),
-        ('mcpu = "haswell"', "cores = 2", "tvm.cores: unknown key"),
+        ('mcpu = "haswell"', "cpus = 2", "tvm.cpus: unknown key"),
         ("threads = 1", "threads = -1", "tvm.threads: must be 0"),
         ("threads = 1", "threads = true", "tvm.threads: must be an integer"),
         ('kind = "rpc"', 'kind = "ssh"', "connection.kind: must be one of local, rpc, tracker"),
@@ -167,7 +168,8 @@ def test_cli_unknown_target_and_bad_file_are_one_line(capsys):
     assert main(["profile", "--target", "nope"]) == 2
     err = capsys.readouterr().err
     assert (
-        err.startswith("hwnas: error: unknown target 'nope'; known: aarch64, local, x86-avx2") and err.count("\n") == 1
+        err.startswith("hwnas: error: unknown target 'nope'; known: aarch64, aarch64-qemu, cortex-a53, local, rpi4")
+        and err.count("\n") == 1
     )
     write_user_target("bad", VALID.replace("threads = 1", "threads = -1"))
     assert main(["targets"]) == 2

@@ -57,60 +57,89 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from hwnas.compile.deploy import (
-        CompiledNet,
-        compile_subnet,
-        export,
-        profile_library,
-        verify,
-    )
-    from hwnas.compile.timing import network_speed
+    from hwnas.compile.deploy import compile_subnet, export, verify
+    from hwnas.compile.on_device import net_on_device
     from hwnas.errors import HwnasError
     from hwnas.targets.target import load_target
 
     target = load_target(args.target)
+    remote = target.connection.kind != "local"
+    if args.profile and remote:
+        raise HwnasError(f"--profile times each kernel on this machine; target {args.target} is a remote device")
     arch, sub = _subnet(args)
-    runs_here = target.connection.kind == "local"
-    if (args.verify or args.bench) and not runs_here:
-        raise HwnasError(f"--verify and --bench run on this machine; target {args.target} is a remote device")
     log(f"compiling {arch} at {sub.resolution}x{sub.resolution} for {args.target}")
     compiled = compile_subnet(sub.net, sub.resolution, target.tvm_target())
     path = export(compiled, args.output, target.cc)
     log(f"wrote {path}")
     data: dict = {"output": str(path), "target": args.target, "resolution": sub.resolution, "arch": arch.to_json()}
     lines = [f"library  {path}"]
-    if runs_here:
-        net = CompiledNet.load(path)
-        image = np.random.default_rng(args.seed).standard_normal((1, 3, sub.resolution, sub.resolution), "float32")
-    if args.verify:
-        check = verify(net, sub.net, sub.resolution, seed=args.seed)
-        data.update(verified=check.ok, max_rel_error=check.max_rel_error, top1_agree=check.top1_agree)
-        lines.append(
-            f"verify   {'ok' if check.ok else 'FAILED'}: max relative logit error {check.max_rel_error:.2e}, "
-            f"top-1 {'agrees' if check.top1_agree else 'differs'} on {check.samples} random inputs"
-        )
+    image = np.random.default_rng(args.seed).standard_normal((1, 3, sub.resolution, sub.resolution), "float32")
+    if args.verify or (args.bench and remote):
+        if remote:
+            log(f"running it on {args.target} ({target.connection})")
+        with net_on_device(target, path) as net:
+            if args.verify:
+                check = verify(net, sub.net, sub.resolution, seed=args.seed)
+                data.update(verified=check.ok, max_rel_error=check.max_rel_error, top1_agree=check.top1_agree)
+                lines.append(
+                    f"verify   {'ok' if check.ok else 'FAILED'}: max relative logit error {check.max_rel_error:.2e}, "
+                    f"top-1 {'agrees' if check.top1_agree else 'differs'} on {check.samples} random inputs"
+                    + (f" (run on {args.target})" if remote else "")
+                )
+            if args.bench and remote:
+                ms, spread = net.time_ms(image)
+                data.update(latency_ms=ms, spread_ms=spread, emulated=target.connection.emulated)
+                emulated = " (emulated: not a board's time)" if target.connection.emulated else ""
+                lines.append(f"latency  {ms:.3f} ms (spread {spread:.3f}) on {args.target}{emulated}")
+    speed = None
     if args.bench:
-        # each side alone in a fresh process: TVM's and PyTorch's thread pools starve each other
-        speed = network_speed(path, arch, sub.num_classes, sub.resolution)
-        ms = speed.tvm.best_s * 1e3
-        profile = profile_library(path, image, compiled.labels) if args.profile else None
-        data.update(speed.to_json())
-        gflops = "" if speed.baseline_gflops is None else f", {speed.baseline_gflops:.0f} GFLOP/s"
-        lines += [
-            f"latency  {ms:.3f} ms (best batch; median {speed.tvm.median_s * 1e3:.3f})",
-            f"torch    {speed.torch.best_s * 1e3:.3f} ms float32{gflops} "
-            f"(best batch; median {speed.torch.median_s * 1e3:.3f})",
-            f"speedup: {speed.speedup:.1f}",
-        ]
-        if profile is not None:
-            data["profile"] = [{"kernel": label, "ms": t} for label, t in profile]
-            rows = [(k, f"{t:.4f}", f"{100 * t / ms:.1f}%") for k, t in profile]
-            lines.append(table(("kernel", "ms", "share"), rows))
+        if not remote:  # each side alone in a fresh process: TVM's and PyTorch's thread pools starve each other
+            speed = _local_bench(args, arch, sub, compiled, path, image, data, lines)
+        predicted = _predicted_ms(target, arch, sub.resolution)
+        if predicted is not None:
+            data["predicted_ms"] = predicted
+            lines.append(f"predicted {predicted:.3f} ms (the target's latency predictor)")
     emit(args, data, "\n".join(lines))
     if args.verify and not data["verified"]:
         raise HwnasError("verification failed: the compiled network does not match the PyTorch subnet")
-    if args.bench:
+    if speed is not None:
         speed.check()  # after the figures: the library's own time holds even when PyTorch's does not
+
+
+def _predicted_ms(target, arch, resolution: int) -> float | None:
+    """The target's predicted latency of ``arch``, or None when it has no (usable) predictor."""
+    from hwnas.predictors.latency import LatencyPredictor, PredictorError
+
+    try:
+        return float(LatencyPredictor.load(target).predict(arch, resolution))
+    except PredictorError:
+        return None
+
+
+def _local_bench(args, arch, sub, compiled, path, image, data: dict, lines: list[str]):
+    """TVM and the float32 PyTorch network of the same architecture, each timed alone in a fresh
+    process (and the per-kernel profile): figures of this machine only. Returns the speed record."""
+    from hwnas.compile.deploy import profile_library
+    from hwnas.compile.timing import network_speed
+
+    speed = network_speed(path, arch, sub.num_classes, sub.resolution)
+    ms = speed.tvm.best_s * 1e3
+    # the per-kernel profile runs in a process without PyTorch: in this one, after the model
+    # ran, every kernel timed from Python waited for a scheduler time slice (10-20x too slow)
+    profile = profile_library(path, image, compiled.labels) if args.profile else None
+    data.update(speed.to_json())
+    gflops = "" if speed.baseline_gflops is None else f", {speed.baseline_gflops:.0f} GFLOP/s"
+    lines += [
+        f"latency  {ms:.3f} ms (best batch; median {speed.tvm.median_s * 1e3:.3f})",
+        f"torch    {speed.torch.best_s * 1e3:.3f} ms float32{gflops} "
+        f"(best batch; median {speed.torch.median_s * 1e3:.3f})",
+        f"speedup: {speed.speedup:.1f}",
+    ]
+    if profile is not None:
+        data["profile"] = [{"kernel": label, "ms": t} for label, t in profile]
+        rows = [(k, f"{t:.4f}", f"{100 * t / ms:.1f}%") for k, t in profile]
+        lines.append(table(("kernel", "ms", "share"), rows))
+    return speed
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -54,10 +54,13 @@ def export(compiled: Compiled, path: str | Path, cc: str = "") -> Path:
 
 
 class CompiledNet:
-    """A loaded runtime library (or an in-memory executable) running on the host CPU."""
+    """A loaded runtime library (or an in-memory executable) running on the host CPU, or on
+    ``device``, a remote device whose session loaded the library (the calls go over TVM RPC)."""
 
-    def __init__(self, module: tvm.runtime.Module | relax.VMExecutable) -> None:
-        self.device = tvm.cpu()
+    def __init__(
+        self, module: tvm.runtime.Module | relax.VMExecutable, device: tvm.runtime.Device | None = None
+    ) -> None:
+        self.device = device or tvm.cpu()
         self.vm = relax.VirtualMachine(module, self.device)
 
     @classmethod
@@ -72,7 +75,10 @@ class CompiledNet:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """image [1, 3, R, R] float32 -> logits [1, classes]."""
-        return self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(image, dtype="float32"))).numpy()
+        return self.vm["main"](self._tensor(image)).numpy()
+
+    def _tensor(self, image: np.ndarray) -> tvm.runtime.Tensor:
+        return tvm.runtime.tensor(np.ascontiguousarray(image, dtype="float32"), self.device)
 
     def time_ms(self, image: np.ndarray, repeat: int = 20) -> tuple[float, float]:
         """Median and spread (max - min) in ms over ``repeat`` batches of calls, after a warm-up."""
@@ -81,7 +87,7 @@ class CompiledNet:
 
     def time_samples_ms(self, image: np.ndarray, repeat: int = 20) -> list[float]:
         """Ms per call of each of ``repeat`` batches (each of at least 3 calls and 20 ms), after a warm-up."""
-        arg = tvm.runtime.tensor(np.ascontiguousarray(image, dtype="float32"))
+        arg = self._tensor(image)
         timer = self.vm.time_evaluator("main", self.device, number=3, repeat=repeat, min_repeat_ms=20)
         return [t * 1e3 for t in timer(arg).results]
 
