@@ -237,4 +237,6 @@ def compare_studies(
         empty = ops_name if not ops_front else lat_name
         raise HwnasError(f"study {empty!r} has no feasible trial yet; search longer or loosen its budget")
     measured = measure_networks(target, list({p.deployed: None for p in ops_front + lat_front}), resolution, timing)
-    return compare(ops_front, lat_front, target_name, lambda arch: (measured[arch].median_ms, measured[arch].spread_ms))
+    return compare(
+        ops_front, lat_front, target_name, lambda arch: (measured[arch].nominal_ms, measured[arch].spread_ms)
+    )
