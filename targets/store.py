@@ -269,6 +269,22 @@ class Store:
                 [(reference_ms, *params, k.kind, k.config, k.resolution) for k in keys],
             )
 
+    def discard(self, keys: Iterable[Key]) -> None:
+        """Remove the rows of ``keys`` (to measure them again: only ever on a private copy of a store)."""
+        where, params = self._current()
+        with self._db:
+            self._db.executemany(
+                f"DELETE FROM measurements WHERE {where} AND kind = ? AND config = ? AND resolution = ?",
+                [(*params, k.kind, k.config, k.resolution) for k in keys],
+            )
+
+    def copy_to(self, path: Path) -> None:
+        """A consistent copy of the whole file at ``path`` (SQLite's online backup)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as copy:
+            self._db.backup(copy)
+        copy.close()
+
     def get(self, key: Key) -> Measurement | None:
         """The measurement of ``key``, or None if it was never made."""
         where, params = self._current(key.kind)

@@ -23,7 +23,7 @@ def searched(toy_run, tmp_path, monkeypatch) -> Path:
     """A copy of the toy run with an OPs study and a latency study of 3 trials each on ``local``,
     whose predictor is synthetic (the fronts are then measured for real)."""
     monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
-    fit_predictor("local", networks=0, n_estimators=50, res=RES)
+    fit_predictor("local", networks=20, n_estimators=50, res=RES)
     run = tmp_path / "run"
     run.mkdir()
     for name in ("config.json", "splits.json", "checkpoint.pt"):

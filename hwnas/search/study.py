@@ -193,7 +193,8 @@ class TrialObjective:
         trial.set_user_attr("deployed", self.costs.deployed(arch).to_json())
         trial.set_user_attr("ops_m", ops_m)
         trial.set_user_attr("latency_ms", latency_ms)
-        for name, value in self.settings.constraints(ops_m, latency_ms).items():
+        trial.set_user_attr("latency_margin", self.costs.margins())
+        for name, value in self.settings.constraints(ops_m, self.costs.budgeted_ms(latency_ms)).items():
             trial.set_constraint(name, value)
         cached = arch in self.oracle.cache
         accuracy = self.oracle(arch)
@@ -231,6 +232,8 @@ def work(job: Job, callbacks: list[Callable] | None = None, loaded: tuple[Run, C
     run, costs = loaded or _load(job.run_dir, job.settings)
     encoding = Encoding(run.space)
     budget = job.settings.budget_mops if job.settings.objective == "ops" else job.settings.budget_ms
+    if budget is not None and job.settings.objective == "latency":  # the sampler bounds the bare prediction
+        budget /= costs.margins()[job.settings.targets[0]]
     sampler = make_sampler(job.sampler, job.seed, encoding, first_cost(costs, job.settings), budget, job.total)
     study = optuna.load_study(study_name=job.study, storage=open_storage(job.storage), sampler=sampler)
     oracle = AccuracyOracle(run, job.threads)
