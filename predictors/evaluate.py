@@ -23,6 +23,26 @@ from hwnas.predictors.plot import scatter_png
 from hwnas.targets.store import Store
 
 
+def drift(store: Store) -> dict[str, Any]:
+    """The reference network's readings over the store's life, relative to its nominal one: how much
+    the device's speed moved between batches (what a held-out split of one session cannot show)."""
+    readings = store.references()
+    nominal = store.nominal_reference_ms()
+    if not readings or not nominal:
+        return {"batches": 0}
+    relative = np.array([ms / nominal for _, ms in readings])
+    return {
+        "batches": len(readings),
+        "first": readings[0][0],
+        "last": readings[-1][0],
+        "nominal_reference_ms": nominal,
+        "relative_min": float(relative.min()),
+        "relative_median": float(np.median(relative)),
+        "relative_max": float(relative.max()),
+        "share_over_1_1": float(np.mean(relative > 1.1)),
+    }
+
+
 @dataclass
 class Evaluation:
     summary: dict[str, Any]
@@ -47,6 +67,7 @@ def evaluate(predictor: LatencyPredictor, store: Store) -> Evaluation:
     }
     summary = {
         "target": predictor.meta["target"],
+        "drift": drift(store),
         "resolution": predictor.resolution,
         "units": predictor.meta.get("units"),
         "calibration": asdict(predictor.calibration),

@@ -59,7 +59,7 @@ def fill_store(
     def add(store: Store, key, ms, sigma: float = noise) -> None:
         first = store.nominal_reference_ms() is None  # at nominal speed: it sets the units
         speed = rng.uniform(1.5, 2.5) if rng.random() < slow and not first else 1.0
-        reference = REFERENCE_MS * speed if slow else None
+        reference = REFERENCE_MS * speed * (1 if first else rng.lognormal(0, 0.005)) if slow else None
         store.add(key, speed * np.asarray(ms) * rng.lognormal(0, sigma, 5), reference)
 
     with Store.for_target(load_target(target)) as store:

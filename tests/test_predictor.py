@@ -287,8 +287,10 @@ def test_a_drifting_device_is_read_in_nominal_units(_home):
         assert np.mean(np.abs(raw / truth - 1) > 0.1) > 0.2  # as timed: a quarter or more far off
         assert np.all(np.abs(nominal / truth - 1) < 0.1)
         predictor = fit(target, store, RES, n_estimators=300)
-        summary = evaluate(predictor, store).summary["networks"]
+        evaluation = evaluate(predictor, store).summary
+    summary, drift = evaluation["networks"], evaluation["drift"]
     assert summary["within_10pct"] == 1.0 and summary["kendall_tau"] > 0.85
+    assert 0.95 < drift["relative_min"] < 1 and drift["relative_max"] > 2.0 and 0.2 < drift["share_over_1_1"] < 0.5
     assert predictor.meta["units"] == "nominal ms" and predictor.meta["nominal_reference_ms"] == pytest.approx(4.0)
 
 

@@ -199,4 +199,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
             f"\nonly {nets['n']} held-out whole networks: too few to judge the predictor ({MIN_JUDGED_NETWORKS} "
             f"needed); profile more with `hwnas profile --target {target.name} --networks M` and refit"
         )
+    d = result.summary["drift"]
+    if d["batches"]:
+        text += (
+            f"\nreference network over {d['batches']} batches ({d['first']} to {d['last']}): "
+            f"{d['relative_min']:.2f}x to {d['relative_max']:.2f}x its nominal {d['nominal_reference_ms']:.3f} ms "
+            f"(median {d['relative_median']:.2f}x, {100 * d['share_over_1_1']:.0f} % of batches over 1.1x); "
+            "latencies are in nominal ms, so this drift is taken out"
+        )
     emit(args, data, text + f"\nplot: {plot}")
