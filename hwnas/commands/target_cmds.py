@@ -129,6 +129,12 @@ def cmd_profile(args: argparse.Namespace) -> None:
     ] or ["nothing left to measure"]
     lines += [f"  failed {f['what']}: {f['error']}" for r in runs.values() for f in r["failed"]]
     lines += [f"{kind}: {r['stopped']}" for kind, r in runs.items() if r["stopped"]]
+    readings = [ms for r in runs.values() for ms in r["reference_ms"]]
+    if readings:
+        lines.append(
+            f"reference network timed {len(readings)} times beside the batches: "
+            f"{min(readings):.3f} to {max(readings):.3f} ms (stored latencies are relative to it)"
+        )
     lines.append(f"stored for {target.name}: " + ", ".join(f"{n} {k}" for k, n in data["stored"].items()))
     lines.append(
         f"{data['slow_window_batches']} batches fell in the device's slow windows "
