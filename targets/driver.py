@@ -12,7 +12,8 @@ measured before it is already in the store.
 
 With a ``reference`` (a function timing a fixed reference network on the device, see
 :func:`hwnas.targets.tvm_measures.reference_reader`), every batch of ``BUILD_CHUNK`` timed jobs is
-bracketed by two readings, and each row of the batch records their mean: the store reads
+bracketed by two readings, and each row of the batch records their mean (or, when they disagree,
+the median of them and a third): the store reads
 latencies relative to it, so rows measured while the device ran fast and slow stay comparable.
 
 What one ``layer``, ``stem`` or ``head`` measurement covers is defined by the measure functions
@@ -110,8 +111,9 @@ BUILD_CHUNK = 8
 HOST_CORES = os.cpu_count() or 1
 """Build threads of a profile: the host compiles while nothing is timed, with all its cores."""
 REFERENCE_MOVED = 0.1
-"""Readings before and after a batch further apart than this (relative) are logged: the device
-changed speed while the batch was timed, and its rows carry the mean of the two."""
+"""Readings before and after a batch further apart than this (relative): one was disturbed or the
+device changed speed meanwhile; a third reading is taken, the rows carry the median of the three
+(else the mean of the two), and it is logged."""
 
 
 class RetryLater(HwnasError):
@@ -154,13 +156,19 @@ def run_jobs(
             read()
 
     def close_batch() -> None:
-        """The closing reading; the batch's rows get the mean of it and the opening one."""
+        """The closing reading(s); the batch's rows get the reference (see REFERENCE_MOVED)."""
         if reference is None or not batch:
             return
         before, after = report.references[-1], read()
-        if abs(after / before - 1) > REFERENCE_MOVED:
-            _log.warning(f"the reference network went from {before:.3f} to {after:.3f} ms during a batch")
-        store.set_reference(batch, (before + after) / 2)
+        value = (before + after) / 2
+        if abs(after / before - 1) > REFERENCE_MOVED:  # one of them disturbed, or the device changed: ask again
+            third = read()
+            value = sorted((before, after, third))[1]
+            _log.warning(
+                f"the reference network read {before:.3f} ms before a batch, {after:.3f} and {third:.3f} ms "
+                f"after it; its rows take the median, {value:.3f} ms"
+            )
+        store.set_reference(batch, value)
         batch.clear()
 
     bar = tqdm(total=len(pending), desc="profiling", unit="kernel", disable=not progress, leave=False)
