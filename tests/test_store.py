@@ -218,8 +218,8 @@ def test_store_lives_in_hwnas_home(_home):
 
 def test_batches_are_bracketed_by_reference_readings_and_read_in_nominal_units(store):
     """Each row records the mean of the readings around its batch (the median with a third when they
-    disagree); the store reads rows
-    relative to its first reference, so a batch timed while the device ran 2x slow comes out right."""
+    disagree); the store reads rows relative to its first reference, so a batch timed while the
+    device ran 2x slow comes out right."""
     configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 2]
     readings = iter([3.9, 4.1, 8.0, 12.0, 8.4])  # the second batch ran about twice as slow; 12.0 was disturbed
     second = set(configs[BUILD_CHUNK:])
