@@ -13,8 +13,9 @@ measured before it is already in the store.
 With a ``reference`` (a function timing a fixed reference network on the device, see
 :func:`hwnas.targets.tvm_measures.reference_reader`), every batch of ``BUILD_CHUNK`` timed jobs is
 bracketed by two readings, and each row of the batch records their mean (or, when they disagree,
-the median of them and a third): the store reads
-latencies relative to it, so rows measured while the device ran fast and slow stay comparable.
+the median of them and a third): the store reads latencies relative to it, so rows measured while
+the device ran fast and slow stay comparable. A run killed mid-batch leaves that batch's rows with
+the opening reading.
 
 What one ``layer``, ``stem`` or ``head`` measurement covers is defined by the measure functions
 of :mod:`hwnas.targets.tvm_measures`; the predictor sums exactly those over a network.
@@ -208,10 +209,10 @@ def run_jobs(
             if i % BUILD_CHUNK == 0:
                 open_batch()
             going = attempt(job, built, last_try)
-            if not going or i % BUILD_CHUNK == BUILD_CHUNK - 1:
-                close_batch()  # interrupted (KeyboardInterrupt), the rows keep the opening reading
             if not going:
                 break
+            if i % BUILD_CHUNK == BUILD_CHUNK - 1:
+                close_batch()
         close_batch()
         return going
 
