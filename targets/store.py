@@ -230,7 +230,7 @@ class Store:
     def _row(
         self, key: Key, median: float, spread: float, repeats: int, when: str, reference: float | None
     ) -> Measurement:
-        nominal = self.nominal_reference_ms()
+        nominal = self.nominal_reference_ms() if reference else None  # one query, then cached
         scale = nominal / reference if nominal and reference else 1.0
         return Measurement(key, median, spread, repeats, when, reference, scale)
 
