@@ -3,7 +3,8 @@
 Whole networks measured end to end are the figure that matters (nn-Meter's); held-out layer
 kernels show where the layer model itself errs. Beside each, the Kendall tau that the OPs count
 (networks) or the BOPs count (layers) reaches against the same measurements: what ranking by
-OPs instead of latency would give.
+OPs instead of latency would give. Fewer than ``MIN_JUDGED_NETWORKS`` held-out networks are
+flagged (``enough_to_judge`` false): a tau of 1.0 from two networks says nothing.
 """
 
 from __future__ import annotations
@@ -15,11 +16,31 @@ from typing import Any
 import numpy as np
 
 from hwnas.predictors.features import LAYER_FEATURES, layer_features
-from hwnas.predictors.latency import LatencyPredictor, split
+from hwnas.predictors.latency import MIN_JUDGED_NETWORKS, LatencyPredictor, split
 from hwnas.predictors.metrics import accuracy, kendall_tau
 from hwnas.predictors.ops import count_ops
 from hwnas.predictors.plot import scatter_png
 from hwnas.targets.store import Store
+
+
+def drift(store: Store) -> dict[str, Any]:
+    """The reference network's readings over the store's life, relative to its nominal one: how much
+    the device's speed moved between batches (what a held-out split of one session cannot show)."""
+    readings = store.references()
+    nominal = store.nominal_reference_ms()
+    if not readings or not nominal:
+        return {"batches": 0}
+    relative = np.array([ms / nominal for _, ms in readings])
+    return {
+        "batches": len(readings),
+        "first": readings[0][0],
+        "last": readings[-1][0],
+        "nominal_reference_ms": nominal,
+        "relative_min": float(relative.min()),
+        "relative_median": float(np.median(relative)),
+        "relative_max": float(relative.max()),
+        "share_over_1_1": float(np.mean(relative > 1.1)),
+    }
 
 
 @dataclass
@@ -39,11 +60,18 @@ def evaluate(predictor: LatencyPredictor, store: Store) -> Evaluation:
     layers = {**accuracy(layer_pred, held.layer_ms), "bops_kendall_tau": kendall_tau(bops, held.layer_ms)}
     net_pred = predictor.predict_many(held.networks) if held.networks else np.zeros(0)
     ops = np.array([count_ops(a, predictor.resolution).ops for a in held.networks])
-    networks = {**accuracy(net_pred, held.network_ms), "ops_kendall_tau": kendall_tau(ops, held.network_ms)}
+    networks = {
+        **accuracy(net_pred, held.network_ms),
+        "ops_kendall_tau": kendall_tau(ops, held.network_ms),
+        "enough_to_judge": len(held.networks) >= MIN_JUDGED_NETWORKS,
+    }
     summary = {
         "target": predictor.meta["target"],
+        "drift": drift(store),
         "resolution": predictor.resolution,
+        "units": predictor.meta.get("units"),
         "calibration": asdict(predictor.calibration),
+        "margin": asdict(predictor.margin),
         "networks": networks,
         "layers": layers,
     }

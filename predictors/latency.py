@@ -6,22 +6,31 @@ and large layers weigh alike. The stem and the head take a handful of configurat
 measured, so they are looked up, not learnt. A network's latency is ``slope * (sum of layer
 predictions + stem + head) + intercept``: the calibration, a robust line fitted on whole
 networks measured end to end, absorbs what the kernels leave out (the VM's per-call work, caches
-cold between kernels). With fewer than ``MIN_CALIBRATION_NETWORKS`` measured networks it is the
-identity.
+cold between kernels). ``fit`` refuses a store with fewer than ``MIN_CALIBRATION_NETWORKS``
+training networks: an uncalibrated sum was 26-40 % low on every network here.
+
+Every latency is in the store's nominal units (:mod:`hwnas.targets.store`: relative to a reference
+network timed beside each batch), so a prediction and a ``measure`` made on another day agree
+while the device itself drifts.
 
 Measurements are split once, by a hash of their key, into training and held-out sets (20 % held
-out by default), so ``fit`` and ``evaluate`` agree on the split without storing it.
+out by default), so ``fit`` and ``evaluate`` agree on the split without storing it. The held-out
+networks also give the budget margin (:class:`Margin`, split-conformal).
 
-Saved under ``<data dir>/predictors/<target>/``: ``layers.json`` (XGBoost's own JSON model) and
-``predictor.json`` (target name and fingerprint, feature schema and names, calibration, training
-metadata). Loading checks the target, its fingerprint and the schema version and refuses a
-mismatch with a clear message.
+A predictor for a new device can reuse another target's layer model (``source``): only the
+calibration line, stem and head are then its own, learnt from a few whole networks.
+
+Saved as one file, ``<data dir>/predictors/<target>/predictor.json`` (metadata, calibration,
+margin and XGBoost's JSON model, with a SHA-256 of them), written atomically, so a reader sees the
+old predictor or the new one, never a mix. Loading checks the hash, the target, its fingerprint
+and the feature schema, and refuses anything else with one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -33,6 +42,7 @@ import xgboost as xgb
 
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write_text
 from hwnas.paths import data_dir
 from hwnas.predictors.features import (
     FEATURE_SCHEMA_VERSION,
@@ -46,10 +56,18 @@ from hwnas.targets.configs import arch_parts
 from hwnas.targets.store import Key, Store, part_key
 from hwnas.targets.target import Target
 
-MODEL_FILE = "layers.json"
-META_FILE = "predictor.json"
-MIN_CALIBRATION_NETWORKS = 3
+PREDICTOR_FILE = "predictor.json"
+OLD_MODEL_FILE = "layers.json"
+"""The model file of predictors saved as two files (before format 1); removed on save."""
+FORMAT = 1
+MIN_CALIBRATION_NETWORKS = 12
+"""Training networks the calibration needs (a line through fewer swung by 10 % from run to run)."""
+MIN_JUDGED_NETWORKS = 10
+"""Held-out networks below which ``evaluate`` says its figures cannot judge the predictor."""
 DEFAULT_HOLDOUT = 0.2
+DEFAULT_ALPHA = 0.05
+UNITS = "nominal ms"
+"""What predictions are in: milliseconds at the store's nominal reference (see the module docstring)."""
 
 
 class PredictorError(HwnasError):
@@ -101,6 +119,33 @@ class Calibration:
         return cls(float(slope), float(intercept), len(measured))
 
 
+@dataclass(frozen=True)
+class Margin:
+    """Split-conformal budget margin: a subnet is held to ``factor * predicted <= budget``.
+
+    ``factor`` is the ceil((n + 1)(1 - alpha))-th smallest ratio measured / predicted over n
+    held-out networks: for a new subnet exchangeable with them, measured <= factor * predicted
+    with probability at least 1 - alpha. With n < 1 / alpha - 1 that rank exceeds n and the
+    largest ratio seen is used (``exact`` False): the guarantee is then weaker than alpha says.
+    """
+
+    alpha: float = DEFAULT_ALPHA
+    factor: float = 1.0
+    n: int = 0
+    exact: bool = False
+
+    @classmethod
+    def fit(cls, predicted: np.ndarray, measured: np.ndarray, alpha: float = DEFAULT_ALPHA) -> Margin:
+        if not 0 < alpha < 1:
+            raise PredictorError(f"alpha must be between 0 and 1, got {alpha}")
+        n = len(measured)
+        if n == 0:
+            return cls(alpha)
+        ratios = np.sort(np.asarray(measured, float) / np.asarray(predicted, float))
+        rank = math.ceil((n + 1) * (1 - alpha))
+        return cls(alpha, float(ratios[min(rank, n) - 1]), n, rank <= n)
+
+
 @dataclass
 class Dataset:
     """Layer and network measurements as arrays (one side of the train / held-out split)."""
@@ -117,12 +162,12 @@ def split(store: Store, resolution: int, holdout: float) -> tuple[Dataset, Datas
     for m in store.measurements("layer"):
         part = parts[is_holdout(m.key, holdout)]
         part["l"].append(m.key.layer())
-        part["lm"].append(m.median_ms)
+        part["lm"].append(m.nominal_ms)
     for m in store.measurements("network"):
         if m.key.resolution == resolution:
             part = parts[is_holdout(m.key, holdout)]
             part["n"].append(m.key.arch())
-            part["nm"].append(m.median_ms)
+            part["nm"].append(m.nominal_ms)
     train, held = (
         Dataset(
             config_matrix(p["l"]),
@@ -138,7 +183,7 @@ def split(store: Store, resolution: int, holdout: float) -> tuple[Dataset, Datas
 def part_table(store: Store) -> list[dict[str, Any]]:
     """Every stem and head measurement of the store, as saved in the predictor's metadata."""
     return [
-        {"kind": m.key.kind, "config": m.key.config, "resolution": m.key.resolution, "ms": m.median_ms}
+        {"kind": m.key.kind, "config": m.key.config, "resolution": m.key.resolution, "ms": m.nominal_ms}
         for kind in ("stem", "head")
         for m in store.measurements(kind)
     ]
@@ -147,9 +192,12 @@ def part_table(store: Store) -> list[dict[str, Any]]:
 class LatencyPredictor:
     """Predicts a subnet's latency (ms) on one target; see the module docstring."""
 
-    def __init__(self, model: xgb.XGBRegressor, calibration: Calibration, meta: dict[str, Any]) -> None:
+    def __init__(
+        self, model: xgb.XGBRegressor, calibration: Calibration, meta: dict[str, Any], margin: Margin | None = None
+    ) -> None:
         self.model = model
         self.calibration = calibration
+        self.margin = margin or Margin()
         self.meta = meta
         self._cache: dict[tuple[int, ...], float] = {}
         self._parts = {Key(p["kind"], p["config"], p["resolution"]): p["ms"] for p in meta["parts"]}
@@ -195,30 +243,33 @@ class LatencyPredictor:
         parts = np.array([self.parts_ms(arch, resolution) for arch in archs])
         return self.calibration.apply(np.bincount(owner, weights=per_layer, minlength=len(archs)) + parts)
 
+    def budget_ms(self, arch: Arch, resolution: int | None = None) -> float:
+        """What the search holds to a latency budget: the prediction times the margin's factor."""
+        return self.margin.factor * self.predict(arch, resolution)
+
     # ----------------------------------------------------------------- persistence
     def save(self, directory: Path | None = None) -> Path:
+        """Write the predictor as one file, atomically (see the module docstring); returns its directory."""
         directory = directory or predictor_dir(self.meta["target"])
-        directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_model(directory / MODEL_FILE)
-        meta = {**self.meta, "calibration": asdict(self.calibration)}
-        (directory / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        meta = {**self.meta, "calibration": asdict(self.calibration), "margin": asdict(self.margin)}
+        model = bytes(self.model.get_booster().save_raw("json")).decode()
+        content = {"format": FORMAT, "sha256": _digest(meta, model), "meta": meta, "model": model}
+        atomic_write_text(directory / PREDICTOR_FILE, json.dumps(content) + "\n")
+        (directory / OLD_MODEL_FILE).unlink(missing_ok=True)
         return directory
 
     @classmethod
     def load(cls, target: Target, directory: Path | None = None) -> LatencyPredictor:
-        """The saved predictor of ``target``; PredictorError if missing or made for something else."""
+        """The saved predictor of ``target``; PredictorError if missing, damaged or made for something else."""
         directory = directory or predictor_dir(target.name)
-        meta_path = directory / META_FILE
-        if not meta_path.is_file() or not (directory / MODEL_FILE).is_file():
+        path = directory / PREDICTOR_FILE
+        refit = f"refit with `hwnas predictor fit --target {target.name}`"
+        if not path.is_file():
             raise PredictorError(
                 f"no latency predictor for target {target.name!r} in {directory}; "
                 f"run `hwnas predictor fit --target {target.name}`"
             )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PredictorError(f"{meta_path}: not valid JSON ({exc.msg}); refit the predictor") from None
-        refit = f"refit with `hwnas predictor fit --target {target.name}`"
+        meta, model_json = _read(path, refit)
         if meta.get("target") != target.name:
             raise PredictorError(
                 f"{directory} holds a predictor for target {meta.get('target')!r}, not {target.name!r}"
@@ -233,9 +284,38 @@ class LatencyPredictor:
                 f"{directory}: predictor was made for target {target.name!r} as {meta.get('target_fingerprint')}, "
                 f"which is now {target.fingerprint()}; {refit}"
             )
-        model = xgb.XGBRegressor()
-        model.load_model(directory / MODEL_FILE)
-        return cls(model, Calibration(**meta.pop("calibration")), meta)
+        try:
+            calibration, margin = Calibration(**meta.pop("calibration")), Margin(**meta.pop("margin"))
+            model = xgb.XGBRegressor()
+            model.load_model(bytearray(model_json.encode()))
+            return cls(model, calibration, meta, margin)
+        except Exception as exc:  # a hash-consistent file whose content this hwnas cannot read
+            raise PredictorError(f"{path}: malformed predictor ({type(exc).__name__}: {exc}); {refit}") from None
+
+
+def _digest(meta: dict[str, Any], model: str) -> str:
+    """SHA-256 of a predictor's metadata (canonical JSON) and model."""
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":")) + "\n" + model
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read(path: Path, refit: str) -> tuple[dict[str, Any], str]:
+    """The metadata and model JSON of a predictor file whose hash checks out; PredictorError otherwise."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PredictorError(f"{path}: not a predictor file ({exc}); {refit}") from None
+    except OSError as exc:
+        raise PredictorError(f"{path}: cannot read it ({exc.strerror}); {refit}") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        raise PredictorError(f"{path}: predictor format {found!r}, this hwnas reads {FORMAT}; {refit}")
+    meta, model, digest = content.get("meta"), content.get("model"), content.get("sha256")
+    if not isinstance(meta, dict) or not isinstance(model, str) or not isinstance(digest, str):
+        raise PredictorError(f"{path}: malformed predictor (meta, model or sha256 missing); {refit}")
+    if _digest(meta, model) != digest:
+        raise PredictorError(f"{path}: content does not match its SHA-256 (damaged or edited); {refit}")
+    return meta, model
 
 
 def fit(
@@ -245,45 +325,62 @@ def fit(
     holdout: float = DEFAULT_HOLDOUT,
     seed: int = 0,
     n_estimators: int = 400,
+    alpha: float = DEFAULT_ALPHA,
+    source: LatencyPredictor | None = None,
 ) -> LatencyPredictor:
-    """Train the layer model and the network calibration on the store's training split."""
+    """Train the layer model (or take ``source``'s) and the network calibration on the store's
+    training split; the margin from its held-out networks."""
     if target.connection.emulated or store.emulated_rows():
         raise PredictorError(
             f"target {target.name!r} is an emulated device: its timings are not a board's, so no predictor "
             "is fitted on them; profile the real board"
         )
-    train, _ = split(store, resolution, holdout)
-    if len(train.layers) < 2:
+    train, held = split(store, resolution, holdout)
+    if source is None and len(train.layers) < 2:
         raise PredictorError(
             f"target {target.name!r} has {len(train.layers)} layer measurement(s) for training; "
-            f"run `hwnas profile --target {target.name}` first"
+            f"run `hwnas profile --target {target.name}` first (or `--transfer-from` another target)"
         )
-    model = xgb.XGBRegressor(
-        n_estimators=n_estimators,
-        max_depth=5,
-        learning_rate=0.05,
-        subsample=0.9,
-        colsample_bytree=0.9,
-        tree_method="hist",
-        random_state=seed,
-        n_jobs=2,
-    )
-    model.fit(layer_features(train.layers), np.log(train.layer_ms))
-    meta = {
+    if len(train.networks) < MIN_CALIBRATION_NETWORKS:
+        how = f" --transfer-from {source.meta['target']} --networks 20" if source else ""
+        raise PredictorError(
+            f"target {target.name!r} has {len(train.networks) + len(held.networks)} whole networks measured at "
+            f"{resolution}x{resolution} ({len(train.networks)} for training, {MIN_CALIBRATION_NETWORKS} needed to "
+            f"calibrate); run `hwnas profile --target {target.name}{how}`"
+        )
+    meta: dict[str, Any] = {
         "target": target.name,
         "target_fingerprint": target.fingerprint(),
         "tvm_version": store.version,
         "measure_methods": store.methods,
         "feature_schema": FEATURE_SCHEMA_VERSION,
         "features": list(LAYER_FEATURES),
+        "units": UNITS,
+        "nominal_reference_ms": store.nominal_reference_ms(),
         "resolution": resolution,
         "holdout": holdout,
         "seed": seed,
-        "trained_layers": len(train.layers),
         "parts": part_table(store),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if source is not None:
+        model = source.model
+        meta.update(transfer_from=source.meta["target"], trained_layers=source.meta["trained_layers"])
+    else:
+        model = xgb.XGBRegressor(
+            n_estimators=n_estimators,
+            max_depth=5,
+            learning_rate=0.05,
+            subsample=0.9,
+            colsample_bytree=0.9,
+            tree_method="hist",
+            random_state=seed,
+            n_jobs=2,
+        )
+        model.fit(layer_features(train.layers), np.log(train.layer_ms))
+        meta["trained_layers"] = len(train.layers)
     predictor = LatencyPredictor(model, Calibration(), meta)
-    layer_sum = predictor.predict_many(train.networks) if train.networks else np.zeros(0)
-    predictor.calibration = Calibration.fit(layer_sum, train.network_ms)
+    predictor.calibration = Calibration.fit(predictor.predict_many(train.networks), train.network_ms)
+    held_pred = predictor.predict_many(held.networks) if held.networks else np.zeros(0)
+    predictor.margin = Margin.fit(held_pred, held.network_ms, alpha)
     return predictor

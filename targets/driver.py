@@ -10,6 +10,13 @@ A job whose build or timing raises (a failed compile, a dropped connection) is r
 skipped, and is tried again by the next run; KeyboardInterrupt stops the run, and everything
 measured before it is already in the store.
 
+With a ``reference`` (a function timing a fixed reference network on the device, see
+:func:`hwnas.targets.tvm_measures.reference_reader`), every batch of ``BUILD_CHUNK`` timed jobs is
+bracketed by two readings, and each row of the batch records their mean (or, when they disagree,
+the median of them and a third): the store reads latencies relative to it, so rows measured while
+the device ran fast and slow stay comparable. A run killed mid-batch leaves that batch's rows with
+the opening reading.
+
 What one ``layer``, ``stem`` or ``head`` measurement covers is defined by the measure functions
 of :mod:`hwnas.targets.tvm_measures`; the predictor sums exactly those over a network.
 """
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -74,6 +81,8 @@ class Report:
     measured: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     stopped: str | None = None
+    references: list[float] = field(default_factory=list)
+    """Every reading of the reference network in this run, in order (ms)."""
 
     def to_json(self) -> dict:
         return {
@@ -82,6 +91,7 @@ class Report:
             "measured": self.measured,
             "failed": [{"what": what, "error": error} for what, error in self.failed],
             "stopped": self.stopped,
+            "reference_ms": [round(r, 4) for r in self.references],
         }
 
 
@@ -101,6 +111,10 @@ BUILD_CHUNK = 8
 """Jobs compiled together before they are timed, when builds run in parallel."""
 HOST_CORES = os.cpu_count() or 1
 """Build threads of a profile: the host compiles while nothing is timed, with all its cores."""
+REFERENCE_MOVED = 0.1
+"""Readings before and after a batch further apart than this (relative): one was disturbed or the
+device changed speed meanwhile; a third reading is taken, the rows carry the median of the three
+(else the mean of the two), and it is logged."""
 
 
 class DeviceLost(HwnasError):
@@ -118,6 +132,7 @@ def run_jobs(
     progress: bool = True,
     max_failures_in_a_row: int = 5,
     build_workers: int = 1,
+    reference: Callable[[], float] | None = None,
 ) -> Report:
     """Measure every job whose key the store lacks, in order, committing each one.
 
@@ -125,7 +140,8 @@ def run_jobs(
     threads, then timed in order (see the module docstring). A job whose timing raises
     :class:`RetryLater` is timed again after the others; if it raises again it fails. After
     ``max_failures_in_a_row`` consecutive failures (a lost device, a broken kernel build) the run
-    stops, with the reason in the report, rather than failing every remaining job.
+    stops, with the reason in the report, rather than failing every remaining job. With a
+    ``reference``, batches are bracketed by its readings (see the module docstring).
     """
     unique = list({job.key: job for job in jobs}.values())
     todo = set(store.missing(job.key for job in unique))
@@ -133,6 +149,33 @@ def run_jobs(
     report = Report(total=len(unique), already=len(unique) - len(pending))
     deferred: list[tuple[Job, Timer]] = []
     streak = 0
+    batch: list[Key] = []  # rows stored since the batch's opening reading
+
+    def read() -> float:
+        ms = reference()  # type: ignore[misc]
+        report.references.append(ms)
+        return ms
+
+    def open_batch() -> None:
+        if reference is not None:
+            read()
+
+    def close_batch() -> None:
+        """The closing reading(s); the batch's rows get the reference (see REFERENCE_MOVED)."""
+        if reference is None or not batch:
+            return
+        before, after = report.references[-1], read()
+        value = (before + after) / 2
+        if abs(after / before - 1) > REFERENCE_MOVED:  # one of them disturbed, or the device changed: ask again
+            third = read()
+            value = sorted((before, after, third))[1]
+            _log.warning(
+                f"the reference network read {before:.3f} ms before a batch, {after:.3f} and {third:.3f} ms "
+                f"after it; its rows take the median, {value:.3f} ms"
+            )
+        store.set_reference(batch, value)
+        batch.clear()
+
     bar = tqdm(total=len(pending), desc="profiling", unit="kernel", disable=not progress, leave=False)
 
     def attempt(job: Job, built: Timer | Exception, last_try: bool) -> bool:
@@ -161,18 +204,28 @@ def run_jobs(
             return True
         bar.update()
         streak = 0
-        store.add(job.key, samples)
+        store.add(job.key, samples, report.references[-1] if reference is not None else None)
+        batch.append(job.key)
         report.measured += 1
         return True
 
-    with ThreadPoolExecutor(build_workers) if build_workers > 1 else nullcontext() as pool:
-        for job, built in _built(pending, pool):
-            if not attempt(job, built, last_try=False):
+    def timed(items: Iterable[tuple[Job, Timer | Exception]], last_try: bool) -> bool:
+        """Attempt each job, a batch of BUILD_CHUNK between reference readings; False when stopped."""
+        going = True
+        for i, (job, built) in enumerate(items):
+            if i % BUILD_CHUNK == 0:
+                open_batch()
+            going = attempt(job, built, last_try)
+            if not going:
                 break
-        else:
-            for job, timer in deferred:
-                if not attempt(job, timer, last_try=True):
-                    break
+            if i % BUILD_CHUNK == BUILD_CHUNK - 1:
+                close_batch()
+        close_batch()
+        return going
+
+    with ThreadPoolExecutor(build_workers) if build_workers > 1 else nullcontext() as pool:
+        if timed(_built(pending, pool), last_try=False):
+            timed(deferred, last_try=True)
     bar.close()
     return report
 

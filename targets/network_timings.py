@@ -32,7 +32,9 @@ def measure_networks(
             pending = [arch for arch, key in keys.items() if key in todo]
             with store.exclusive(), open_session(target) as session:
                 measure = tvm_measures.network_measure(session, timing)
-                report = run_jobs(store, network_jobs(pending, resolution, measure), progress, build_workers=HOST_CORES)
+                jobs = network_jobs(pending, resolution, measure)
+                reference = tvm_measures.reference_reader(session, timing)
+                report = run_jobs(store, jobs, progress, build_workers=HOST_CORES, reference=reference)
             if report.failed:
                 what, error = report.failed[0]
                 raise HwnasError(f"measuring on target {target.name!r} failed: {what}: {error}")

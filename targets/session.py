@@ -74,6 +74,7 @@ class Session:
         self._workdir = workdir
         self._count = 0
         self.slow_windows: SlowWindows | None = None  # installed by whoever has a probe kernel
+        self.reference: Callable[[], float] | None = None  # the reference network's reader, made once
 
     @property
     def is_remote(self) -> bool:

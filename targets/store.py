@@ -11,12 +11,19 @@
 - the kind (``layer``, ``stem``, ``head`` or ``network``), the configuration as canonical JSON
   (sorted keys, no spaces) and the input resolution.
 
-Each row records whether the device was emulated (``emulated``: a qemu board's timings are not a
-board's; ``hwnas predictor fit`` refuses them), the median over the repeats, the spread (the inter-quartile range of the
-per-repeat times, robust to one stray slow repeat on a shared machine), the number of repeats and
-when it was measured. The file is in WAL mode and every ``add`` commits, so killing a profiling
-run loses at most the measurement in flight; ``missing`` tells the profiler what is left, and a
-key already present is never measured or written again.
+Each row records the median over the repeats, the spread (the inter-quartile range of the
+per-repeat times, robust to one stray slow repeat on a shared machine), the number of repeats,
+when it was measured, whether the device was emulated (``emulated``: a qemu board's timings are
+not a board's; ``hwnas predictor fit`` refuses them) and the reference network's latency timed
+beside it (``reference_ms``, see :func:`hwnas.targets.tvm_measures.reference_reader`). The device
+drifts (the same network took 8.95 ms one day and 17.0 ms another here), so a row's latency is
+read in the store's *nominal* units: ``median_ms * nominal / reference_ms``, where the nominal
+reference is the first one the store recorded (:meth:`Store.nominal_reference_ms`), fixed from
+then on. Rows without a reference (written by hand or by tests) are read as they are.
+
+The file is in WAL mode and every ``add`` commits, so killing a profiling run loses at most the
+measurement in flight; ``missing`` tells the profiler what is left, and a key already present is
+never measured or written again.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from hwnas.targets.configs import PartConfig
 from hwnas.targets.target import Target
 
 KINDS = ("layer", "stem", "head", "network")
-MEASURE_METHODS = {"layer": "windows-5", "stem": "windows-5", "head": "windows-5", "network": "windows-5"}
+MEASURE_METHODS = {kind: "reference-6" for kind in ("layer", "stem", "head", "network")}
 """Version of what :mod:`hwnas.targets.tvm_measures` measures, per kind; bump a kind's when its kernels
 or that definition change (and ``network`` with any of them: a network runs them all). The history
 of the versions is in docs/profiling.md."""
@@ -58,6 +65,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     repeats INTEGER NOT NULL,
     measured_at TEXT NOT NULL,
     emulated INTEGER NOT NULL DEFAULT 0,
+    reference_ms REAL,
     PRIMARY KEY (target, tvm_version, method, kind, config, resolution)
 )
 """
@@ -105,13 +113,25 @@ def network_key(arch: Arch, resolution: int) -> Key:
     return Key.of("network", arch.to_json(), resolution)
 
 
+_COLUMNS = "median_ms, spread_ms, repeats, measured_at, reference_ms"
+
+
 @dataclass(frozen=True)
 class Measurement:
+    """One row; ``scale`` turns its raw milliseconds into the store's nominal units (module docstring)."""
+
     key: Key
     median_ms: float
     spread_ms: float
     repeats: int
     measured_at: str
+    reference_ms: float | None = None
+    scale: float = 1.0
+
+    @property
+    def nominal_ms(self) -> float:
+        """The latency in the store's nominal units: what predictors learn and ``measure`` reports."""
+        return self.median_ms * self.scale
 
 
 def summarize(samples_ms: Sequence[float]) -> tuple[float, float]:
@@ -162,6 +182,7 @@ class Store:
         self.version = version
         self.methods = dict(methods)
         self.emulated = emulated
+        self._nominal: float | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=LOCK_TIMEOUT_S)
@@ -173,6 +194,8 @@ class Store:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(measurements)")}
             if "emulated" not in columns:  # a store written before emulated boards: all its rows are real
                 self._db.execute("ALTER TABLE measurements ADD COLUMN emulated INTEGER NOT NULL DEFAULT 0")
+            if "reference_ms" not in columns:  # a store written before references existed
+                self._db.execute("ALTER TABLE measurements ADD COLUMN reference_ms REAL")
             self._db.commit()
             self._db.execute("SELECT COUNT(*) FROM measurements").fetchone()
         except sqlite3.Error as exc:
@@ -229,41 +252,58 @@ class Store:
         present = self._present()
         return [key for key in dict.fromkeys(keys) if key not in present]
 
-    def add(self, key: Key, samples_ms: Sequence[float]) -> Measurement:
-        """Record one measurement and commit; a key already present keeps its first measurement."""
+    def nominal_reference_ms(self) -> float | None:
+        """The reference latency that defines this store's units: the first one recorded (None before any)."""
+        if self._nominal is None:
+            where, params = self._current()
+            row = self._db.execute(
+                f"SELECT reference_ms FROM measurements WHERE {where} AND reference_ms IS NOT NULL"
+                " ORDER BY rowid LIMIT 1",
+                params,
+            ).fetchone()
+            self._nominal = float(row[0]) if row else None
+        return self._nominal
+
+    def _row(
+        self, key: Key, median: float, spread: float, repeats: int, when: str, reference: float | None
+    ) -> Measurement:
+        nominal = self.nominal_reference_ms() if reference else None  # one query, then cached
+        scale = nominal / reference if nominal and reference else 1.0
+        return Measurement(key, median, spread, repeats, when, reference, scale)
+
+    def add(self, key: Key, samples_ms: Sequence[float], reference_ms: float | None = None) -> Measurement:
+        """Record one measurement (with the reference latency timed beside it) and commit; a key
+        already present keeps its first measurement."""
         median, spread = summarize(samples_ms)
         when = datetime.now(timezone.utc).isoformat(timespec="seconds")
         row = (self.target, self.version, self.methods[key.kind], key.kind, key.config, key.resolution)
         try:
             with self._db:  # one transaction, committed on success
                 self._db.execute(
-                    "INSERT OR IGNORE INTO measurements (target, tvm_version, method, kind, config, resolution,"
-                    " median_ms, spread_ms, repeats, measured_at, emulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, median, spread, len(samples_ms), when, int(self.emulated)),
+                    "INSERT OR IGNORE INTO measurements (target, tvm_version, method, kind, config, resolution, "
+                    f"{_COLUMNS}, emulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, median, spread, len(samples_ms), when, reference_ms, int(self.emulated)),
                 )
         except sqlite3.Error as exc:  # locked past the timeout, a full disk, a damaged file
             raise store_error(self.path, exc) from None
-        return Measurement(key, median, spread, len(samples_ms), when)
+        return self._row(key, median, spread, len(samples_ms), when, reference_ms)
 
     def get(self, key: Key) -> Measurement | None:
         """The measurement of ``key``, or None if it was never made."""
         where, params = self._current(key.kind)
         row = self._db.execute(
-            f"SELECT median_ms, spread_ms, repeats, measured_at FROM measurements WHERE {where}"
-            " AND config = ? AND resolution = ?",
+            f"SELECT {_COLUMNS} FROM measurements WHERE {where} AND config = ? AND resolution = ?",
             (*params, key.config, key.resolution),
         ).fetchone()
-        return Measurement(key, *row) if row else None
+        return self._row(key, *row) if row else None
 
     def measurements(self, kind: str | None = None) -> list[Measurement]:
         """All measurements of this target, TVM version and methods (of one kind if given), oldest first."""
         where, params = self._current(kind)
         rows = self._db.execute(
-            "SELECT kind, config, resolution, median_ms, spread_ms, repeats, measured_at FROM measurements"
-            f" WHERE {where} ORDER BY rowid",
-            params,
+            f"SELECT kind, config, resolution, {_COLUMNS} FROM measurements WHERE {where} ORDER BY rowid", params
         )
-        return [Measurement(Key(k, c, r), m, s, n, t) for k, c, r, m, s, n, t in rows]
+        return [self._row(Key(k, c, r), *rest) for k, c, r, *rest in rows]
 
     def emulated_rows(self) -> int:
         """How many of this target's current measurements were taken on an emulated device."""

@@ -30,6 +30,10 @@ random with a fixed seed, and networks get a seeded random supernet's weights.
 Every measure function installs the session's slow-window probe (:class:`hwnas.targets.session.SlowWindows`):
 the binary conv of ``PROBE_LAYER``, timed before and after each batch.
 
+The reference network (:func:`reference_reader`) is ``REFERENCE_ARCH`` compiled end to end like
+any network and timed beside every batch of measurements: a whole subnet feels the caches, memory
+and thread pool as the measured networks do, where the tiny probe kernel does not.
+
 A measure function compiles and returns a :data:`hwnas.targets.driver.Timer`, and may be called from
 several threads at once (the driver compiles in parallel). TVM's IR builders keep global state
 (Relax's BlockBuilder a class-level stack), so building the IR holds ``_IR_LOCK``; compiling it
@@ -45,9 +49,10 @@ from typing import Any
 import numpy as np
 
 from hwnas.arch import Arch, LayerConfig
+from hwnas.errors import HwnasError
 from hwnas.space import NASBNN, SearchSpace
 from hwnas.targets.configs import NETWORK_CLASSES, PartConfig
-from hwnas.targets.driver import LayerMeasure, NetworkMeasure, PartMeasure, Timer
+from hwnas.targets.driver import LayerMeasure, NetworkMeasure, PartMeasure, RetryLater, Timer
 from hwnas.targets.session import DEFAULT_TIMING, Session, SlowWindows, Timing
 
 _IR_LOCK = threading.Lock()
@@ -178,12 +183,45 @@ def network_measure(
         with _IR_LOCK:  # compile_subnet's two steps, with only tvm.compile outside the lock
             module, _ = subnet_module(supernet.extract(arch), resolution, target)
         executable = tvm.compile(module, target=target)
+        loaded: list[tuple[Any, Any]] = []  # loaded on the device once, however often it is timed
 
         def time() -> Sequence[float]:
-            vm = relax.VirtualMachine(session.load(executable), session.device)
-            image = session.tensor(rng.standard_normal((1, 3, resolution, resolution), dtype=np.float32))
+            if not loaded:
+                vm = relax.VirtualMachine(session.load(executable), session.device)
+                image = session.tensor(rng.standard_normal((1, 3, resolution, resolution), dtype=np.float32))
+                loaded.append((vm, image))
+            vm, image = loaded[0]
             return session.time_ms(vm, [image], timing=timing)
 
         return time
 
     return measure
+
+
+REFERENCE_ARCH = NASBNN.smallest()
+"""The reference network timed beside every batch of measurements (about 4 ms at 224 here)."""
+REFERENCE_RESOLUTION = 224
+REFERENCE_TRIES = 4
+"""Readings of the reference tried before giving up (each waits out slow windows for a while)."""
+
+
+def reference_reader(session: Session, timing: Timing = DEFAULT_TIMING) -> Callable[[], float]:
+    """Times the reference network on the session's device: its median milliseconds per reading.
+
+    Compiled and loaded once per session (kept on it). A reading that stays in a slow window is
+    tried again, up to ``REFERENCE_TRIES`` times, then a HwnasError stops the run: rows without a
+    trustworthy reference would be in unknown units.
+    """
+    if session.reference is None:
+        timer = network_measure(session, timing)(REFERENCE_ARCH, REFERENCE_RESOLUTION)
+
+        def read() -> float:
+            for _ in range(REFERENCE_TRIES):
+                try:
+                    return float(np.median(timer()))
+                except RetryLater:
+                    continue
+            raise HwnasError(f"the device stayed too slow to time the reference network {REFERENCE_TRIES} times")
+
+        session.reference = read
+    return session.reference

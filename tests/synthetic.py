@@ -13,6 +13,8 @@ from hwnas.targets.store import Store, layer_key, network_key, part_key
 from hwnas.targets.target import load_target
 
 RES = 224
+REFERENCE_MS = 4.0
+"""The synthetic reference network's latency at the device's nominal speed."""
 
 
 def column(features: np.ndarray, name: str) -> np.ndarray:
@@ -32,22 +34,42 @@ def true_part_ms(kind: str, c: int) -> float:
     return 0.1 + 0.004 * c if kind == "stem" else 0.3
 
 
+def true_network_ms(arch, scale: float = 1.0, res: int = RES) -> float:
+    """The formula's whole network: 15 % over its layers, stem and head, plus 0.2 ms."""
+    parts = true_part_ms("stem", arch.stem) + true_part_ms("head", arch.last_width)
+    return 1.15 * (true_layer_ms(arch_configs(arch, res), scale).sum() + parts) + 0.2
+
+
 def fill_store(
-    target: str, networks: int, noise: float = 0.02, seed: int = 0, scale: float = 1.0, res: int = RES
+    target: str,
+    networks: int,
+    noise: float = 0.02,
+    seed: int = 0,
+    scale: float = 1.0,
+    res: int = RES,
+    layers: bool = True,
+    slow: float = 0.0,
 ) -> None:
-    """Every layer, stem and head config of NASBNN at ``res`` and ``networks`` subnets of ``target``
-    (in the current HWNAS_HOME), latencies from the formula (layers times ``scale``) with noise."""
+    """Every layer (unless not ``layers``), stem and head config of NASBNN at ``res`` and ``networks``
+    subnets of ``target`` (in the current HWNAS_HOME), latencies from the formula (layers times
+    ``scale``) with noise. With ``slow`` > 0, that share of the rows is measured while the device
+    runs 1.5 to 2.5x slow, and every row records the reference network timed beside it."""
     rng = np.random.default_rng(seed)
+
+    def add(store: Store, key, ms, sigma: float = noise) -> None:
+        first = store.nominal_reference_ms() is None  # at nominal speed: it sets the units
+        speed = rng.uniform(1.5, 2.5) if rng.random() < slow and not first else 1.0
+        reference = REFERENCE_MS * speed * (1 if first else rng.lognormal(0, 0.005)) if slow else None
+        store.add(key, speed * np.asarray(ms) * rng.lognormal(0, sigma, 5), reference)
+
     with Store.for_target(load_target(target)) as store:
-        configs = layer_configs(NASBNN, res)
+        configs = layer_configs(NASBNN, res) if layers else []
         for config, ms in zip(configs, true_layer_ms(configs, scale), strict=True):
-            store.add(layer_key(config, res), ms * rng.lognormal(0, noise, 5))
+            add(store, layer_key(config, res), ms)
         for part in part_configs(NASBNN, res):
-            store.add(part_key(part, res), [true_part_ms(part.kind, part.to_json()["c"])])
+            add(store, part_key(part, res), true_part_ms(part.kind, part.to_json()["c"]), sigma=0.0)
         for arch in sample_networks(NASBNN, networks, seed):
-            parts = true_part_ms("stem", arch.stem) + true_part_ms("head", arch.last_width)
-            ms = 1.15 * (true_layer_ms(arch_configs(arch, res), scale).sum() + parts) + 0.2
-            store.add(network_key(arch, res), ms * rng.lognormal(0, noise, 5))
+            add(store, network_key(arch, res), true_network_ms(arch, scale, res))
 
 
 def fit_predictor(

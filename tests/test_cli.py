@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from hwnas.cli import main
+from hwnas.commands.pipeline import PROFILE_NETWORKS
 from hwnas.space import NASBNN
 from tests.synthetic import fill_store
 from tests.test_fault_injection import kill_when
@@ -75,13 +76,13 @@ def test_bad_arch_gives_one_line_and_exit_2(capsys, tmp_path, command, content, 
 def test_pipeline_runs_and_reuses_finished_steps(capsys, tmp_path, monkeypatch):
     """Every step on a toy budget, after a first pipeline was killed (-9) once its OPs search was
     recorded. The local target's store is filled synthetically beforehand (every layer, stem, head
-    and the 4 profiled networks), so profiling has nothing left to measure; the fronts are then
+    and the 60 profiled networks), so profiling has nothing left to measure; the fronts are then
     compiled and measured for real by the compare step."""
     monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
-    fill_store("local", networks=4)
+    fill_store("local", networks=PROFILE_NETWORKS)
     out = tmp_path / "out"
     argv = ["pipeline", "--out", str(out), "--epochs", "1", "--width-mult", "0.125", "--resolution", "16"]
-    argv += ["--num-random", "0", "--profile-networks", "4", "--search-trials", "3", "--json"]
+    argv += ["--num-random", "0", "--profile-networks", str(PROFILE_NETWORKS), "--search-trials", "3", "--json"]
     kill_when([sys.executable, "-m", "hwnas", *argv], lambda: (out / "search-ops.json").exists())
     code, stdout, err = run(capsys, *argv)
     data = json.loads(stdout)
@@ -90,7 +91,8 @@ def test_pipeline_runs_and_reuses_finished_steps(capsys, tmp_path, monkeypatch):
     assert set(data["compile"]) == {"best-ops", "best-latency"}
     assert all(c["verified"] and c["speedup"] > 0 for c in data["compile"].values())
     assert 0 <= data["eval"]["largest"] <= 1 and data["eval"]["random"]["n"] == 20
-    assert data["profile"]["runs"] == {} and data["predictor"]["networks"]["n"] >= 0
+    assert data["profile"]["runs"] == {} and data["predictor"]["networks"]["n"] == 11  # of 60, held out by hash
+    assert data["predictor"]["networks"]["enough_to_judge"] and data["predictor"]["margin"]["n"] == 11
     assert data["search-ops"]["trials"] == 3 and data["search-latency"]["trials"] == 3
     assert (out / "report" / "report.md").exists() and data["compare"]["fronts"]["latency"]
     (out / "compare.json").unlink()  # as if killed during the last step

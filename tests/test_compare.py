@@ -154,3 +154,15 @@ def test_text_and_report(comparison, tmp_path):
     for name in ("accuracy_vs_latency.png", "accuracy_vs_ops.png"):
         assert f"]({name})" in md
         assert (tmp_path / "cmp" / name).read_bytes().startswith(PNG)
+
+
+def test_the_share_of_the_latency_front_over_the_search_budget_is_reported(measure):
+    """The latency search had a 9.5 ms budget held with a 1.02 margin; one of its 3 subnets measures 10 ms."""
+    c = compare(OPS_FRONT, LATENCY_FRONT, TARGET, measure, search_budget_ms=9.5, margin=1.02)
+    over = c.to_json()["over_budget"]
+    assert over == {"budget_ms": 9.5, "margin": 1.02, "over": 1, "n": 3, "share": pytest.approx(1 / 3)}
+    assert "measured over the search's budget of 9.5 ms: 1/3 (33%)" in report_text(c) and "times 1.020" in report_text(
+        c
+    )
+    plain = compare(OPS_FRONT, LATENCY_FRONT, TARGET, FakeMeasure(MEASURED))
+    assert plain.to_json()["over_budget"] is None and "over the search's budget" not in report_text(plain)

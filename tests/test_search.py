@@ -18,11 +18,13 @@ import optuna
 import pytest
 
 from hwnas.cli import main
+from hwnas.predictors.latency import LatencyPredictor
 from hwnas.search.encoding import Encoding
 from hwnas.search.hypervolume import hypervolume
 from hwnas.search.storage import redact, scrub, secrets
 from hwnas.search.study import SearchSettings, default_storage, finished, load_study, open_storage, search
 from hwnas.space import NASBNN
+from hwnas.targets.target import load_target
 from hwnas.train.checkpoint import load_checkpoint, save_checkpoint
 from hwnas.train.run import read_config
 from hwnas.train.supernet import config_space
@@ -119,11 +121,14 @@ def test_budget_marks_over_budget_trials_infeasible_and_keeps_them(run_copy):
     study, _ = load_study(open_storage(result.storage), "bounded")
     trials = finished(study)
     assert len(trials) == 8  # infeasible trials are recorded, not hidden
-    for t in trials:
-        assert t.constraints["latency_x86-avx2"] == pytest.approx(t.values[1] - budget)
-    feasible = [t for t in trials if t.values[1] <= budget]
+    margin = LatencyPredictor.load(load_target(TARGETS[0])).margin.factor  # from the held-out networks
+    assert margin != 1.0
+    for t in trials:  # the budget holds the prediction times the predictor's margin
+        assert t.user_attrs["latency_margin"] == {TARGETS[0]: margin}
+        assert t.constraints["latency_x86-avx2"] == pytest.approx(margin * t.values[1] - budget)
+    feasible = [t for t in trials if margin * t.values[1] <= budget]
     assert result.feasible == len(feasible) and 0 < len(feasible) < 8
-    assert all(p.latency_ms[TARGETS[0]] <= budget for p in result.front)
+    assert all(margin * p.latency_ms[TARGETS[0]] <= budget for p in result.front)
 
 
 def test_ops_search_and_two_targets_make_one_objective_each(run_copy):

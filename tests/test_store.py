@@ -214,3 +214,42 @@ def test_store_lives_in_hwnas_home(_home):
     assert store_path("x86-avx2") == _home / "measurements" / "x86-avx2.sqlite"
     with Store.for_target(target, "v") as store:
         assert store.path.is_file() and store.target == target.fingerprint()
+
+
+def test_batches_are_bracketed_by_reference_readings_and_read_in_nominal_units(store):
+    """Each row records the mean of the readings around its batch (the median with a third when they
+    disagree); the store reads rows relative to its first reference, so a batch timed while the
+    device ran 2x slow comes out right."""
+    configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 2]
+    readings = iter([3.9, 4.1, 8.0, 12.0, 8.4])  # the second batch ran about twice as slow; 12.0 was disturbed
+    second = set(configs[BUILD_CHUNK:])
+
+    def measure(config):
+        return lambda: [2.0 * 2.1 if config in second else 2.0]
+
+    report = run_jobs(store, layer_jobs(configs, 224, measure), progress=False, reference=lambda: next(readings))
+    assert report.measured == len(configs) and report.to_json()["reference_ms"] == [3.9, 4.1, 8.0, 12.0, 8.4]
+    rows = store.measurements("layer")
+    assert store.nominal_reference_ms() == 4.0
+    with Store(store.path, store.target, store.version) as again:  # another process reads the same units
+        assert again.measurements("layer") == rows
+    assert [m.reference_ms for m in rows] == [4.0] * BUILD_CHUNK + [8.4] * 2
+    assert [m.nominal_ms for m in rows] == pytest.approx([2.0] * len(configs))
+    assert [m.median_ms for m in rows][-1] == pytest.approx(4.2)
+
+
+def test_a_store_written_before_references_opens_and_reads_as_timed(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema of windows-5 stores: no reference column
+        db.execute(
+            "CREATE TABLE measurements (target TEXT, tvm_version TEXT, method TEXT, kind TEXT, config TEXT,"
+            " resolution INTEGER, median_ms REAL, spread_ms REAL, repeats INTEGER, measured_at TEXT,"
+            " PRIMARY KEY (target, tvm_version, method, kind, config, resolution))"
+        )
+        db.execute("INSERT INTO measurements VALUES ('fp', 'v', 'windows-5', 'layer', '{}', 224, 1.0, 0.1, 5, 't')")
+    with Store(path, "fp", "v") as store:
+        assert store.measurements() == []  # an older method: not counted
+        key = Key.of("layer", {"c_in": 8}, 224)
+        assert store.add(key, [3.0]).nominal_ms == 3.0 and store.get(key).reference_ms is None

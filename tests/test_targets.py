@@ -386,7 +386,8 @@ def test_layer_kernels_profiled_through_rpc(rpc_server):
 
 def test_cli_profile_resumes(capsys):
     pytest.importorskip("hwnas.compile.binconv")
-    argv = ["profile", "--target", "local", "--layers", "2", "--resolution", "32", "--repeat", "2", "--json"]
+    argv = ["profile", "--target", "local", "--layers", "2", "--networks", "0", "--resolution", "32", "--repeat", "2"]
+    argv += ["--json"]
     assert main([*argv, "--min-repeat-ms", "1"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["runs"]["layers"]["measured"] == 2 and first["stored"]["layer"] == 2
@@ -457,6 +458,8 @@ def test_cli_profiles_networks_end_to_end_and_resumes(capsys):
     with Store.for_target(load_target("local")) as store:
         rows = store.measurements("network")
     assert [m.key.resolution for m in rows] == [32, 32] and all(m.median_ms > 0 and m.repeats == 3 for m in rows)
+    # the reference network was timed before and after the batch, and the rows carry the mean
+    assert len(first["runs"]["networks"]["reference_ms"]) == 2 and all(m.reference_ms > 0 for m in rows)
     assert {Arch.from_json(m.key.config_json()) for m in rows} == set(sample_networks(NASBNN, 2, 0))
 
 

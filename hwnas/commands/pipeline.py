@@ -34,6 +34,7 @@ from hwnas.commands.output import add_json_flag, emit, log, table
 from hwnas.errors import HwnasError
 from hwnas.files import atomic_write_json, atomic_write_text
 from hwnas.locks import dir_lock
+from hwnas.targets.plan import DEFAULT_NETWORKS
 from hwnas.targets.target import load_target
 from hwnas.train.checkpoint import FILENAME
 from hwnas.train.config import add_override_flags, overrides, resolve
@@ -41,7 +42,7 @@ from hwnas.train.run import load_run, read_config, resolve_for_resume, train_sup
 
 RANDOM_SUBNETS = 20
 TARGET = "local"
-PROFILE_NETWORKS = 30
+PROFILE_NETWORKS = DEFAULT_NETWORKS
 SEARCH_TRIALS = 100
 
 
@@ -49,7 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="run the main job on the built-in defaults (resumable)")
     p.add_argument("--out", type=Path, default=Path("hwnas-out"), help="output directory (default hwnas-out)")
     p.add_argument("--config", type=Path, default=None, help="training config file (TOML)")
-    p.add_argument("--profile-networks", type=int, default=PROFILE_NETWORKS, help="whole subnets measured (default 30)")
+    p.add_argument(
+        "--profile-networks",
+        type=int,
+        default=PROFILE_NETWORKS,
+        help=f"whole subnets measured (default {PROFILE_NETWORKS})",
+    )
     p.add_argument("--search-trials", type=int, default=SEARCH_TRIALS, help="trials per search (default 100)")
     add_override_flags(p)
     add_json_flag(p)

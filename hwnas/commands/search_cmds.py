@@ -173,11 +173,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictor = LatencyPredictor.load(load_target(args.target))
     ms = predictor.predict(arch, args.resolution)
     ops = count_ops(arch, args.resolution).ops / 1e6
-    data = {"target": args.target, "resolution": args.resolution, "latency_ms": ms, "ops_m": ops}
-    emit(args, data, f"predicted latency on {args.target} at {args.resolution}x{args.resolution}: {ms:.3f} ms")
+    units = predictor.meta["units"]
+    data = {"target": args.target, "resolution": args.resolution, "latency_ms": ms, "units": units, "ops_m": ops}
+    data["with_margin_ms"] = predictor.margin.factor * ms
+    emit(args, data, f"predicted latency on {args.target} at {args.resolution}x{args.resolution}: {ms:.3f} {units}")
 
 
 def cmd_measure(args: argparse.Namespace) -> None:
+    from hwnas.predictors.latency import UNITS
     from hwnas.targets.network_timings import measure_networks
     from hwnas.targets.target import load_target
 
@@ -188,10 +191,17 @@ def cmd_measure(args: argparse.Namespace) -> None:
     data = {
         "target": target.name,
         "resolution": args.resolution,
-        "latency_ms": m.median_ms,
+        "latency_ms": m.nominal_ms,
+        "units": UNITS,
+        "raw_ms": m.median_ms,
         "spread_ms": m.spread_ms,
+        "reference_ms": m.reference_ms,
+        "nominal_reference_ms": m.reference_ms * m.scale if m.reference_ms else None,
         "repeats": m.repeats,
         "measured_at": m.measured_at,
     }
-    text = f"measured on {target.name}: {m.median_ms:.3f} ms (spread {m.spread_ms:.3f} ms, {m.repeats} repeats)"
+    text = (
+        f"measured on {target.name}: {m.nominal_ms:.3f} {UNITS} ({m.median_ms:.3f} ms as timed, spread "
+        f"{m.spread_ms:.3f} ms, {m.repeats} repeats; the device ran at {m.scale:.2f}x its nominal speed)"
+    )
     emit(args, data, text)

@@ -5,6 +5,8 @@ target (each distinct deployed architecture once), and the fronts are compared i
 measured latency) space: hypervolume, how many OPs-front points a latency-front point beats, and
 the most accurate subnet each front offers under a few latency budgets. The same measurements
 tell how well OPs and the latency predictor rank real latency, and are new data for the predictor.
+When the latency search had a budget, the comparison also tells the share of its front measured
+over that budget, and the margin its predictor held the predictions to.
 
 :func:`compare` takes its measuring as a function (tests pass fakes); :func:`compare_studies`
 reads two studies' fronts and measures them through the target's store, so nothing measured
@@ -93,6 +95,23 @@ class Comparison:
     ops: tuple[MeasuredPoint, ...]
     latency: tuple[MeasuredPoint, ...]
     budgets: tuple[float, ...]
+    search_budget_ms: float | None = None
+    """The latency study's budget (None: it had none)."""
+    margin: float | None = None
+    """The factor its predictor's predictions were multiplied by before being held to that budget."""
+
+    def over_budget(self) -> dict[str, Any] | None:
+        """How many latency-front subnets measure over the search's budget (None without a budget)."""
+        if self.search_budget_ms is None:
+            return None
+        over = sum(m.measured_ms > self.search_budget_ms for m in self.latency)
+        return {
+            "budget_ms": self.search_budget_ms,
+            "margin": self.margin,
+            "over": over,
+            "n": len(self.latency),
+            "share": over / len(self.latency),
+        }
 
     @property
     def fronts(self) -> dict[str, tuple[MeasuredPoint, ...]]:
@@ -152,6 +171,7 @@ class Comparison:
                 for b, picks in self.picks()
             ],
             **self.ranking(),
+            "over_budget": self.over_budget(),
         }
 
 
@@ -173,6 +193,8 @@ def compare(
     target: str,
     measure: Callable[[Arch], tuple[float, float]],
     budgets: Sequence[float] | None = None,
+    search_budget_ms: float | None = None,
+    margin: float | None = None,
 ) -> Comparison:
     """Measure every distinct deployed subnet of both fronts once with ``measure`` (deployed arch ->
     (median ms, spread ms)) and compare the fronts on ``target``; ``budgets`` default to
@@ -195,7 +217,7 @@ def compare(
     ops, latency = on_target(ops_front), on_target(latency_front)
     if budgets is None:
         budgets = default_budgets([median for median, _ in measured.values()])
-    return Comparison(target, ops, latency, tuple(sorted(budgets)))
+    return Comparison(target, ops, latency, tuple(sorted(budgets)), search_budget_ms, margin)
 
 
 def default_studies(target: str) -> tuple[str, str]:
@@ -237,4 +259,11 @@ def compare_studies(
         empty = ops_name if not ops_front else lat_name
         raise HwnasError(f"study {empty!r} has no feasible trial yet; search longer or loosen its budget")
     measured = measure_networks(target, list({p.deployed: None for p in ops_front + lat_front}), resolution, timing)
-    return compare(ops_front, lat_front, target_name, lambda arch: (measured[arch].median_ms, measured[arch].spread_ms))
+    return compare(
+        ops_front,
+        lat_front,
+        target_name,
+        lambda arch: (measured[arch].nominal_ms, measured[arch].spread_ms),
+        search_budget_ms=lat_settings.budget_ms,
+        margin=predictor.margin.factor,
+    )

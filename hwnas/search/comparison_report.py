@@ -65,6 +65,12 @@ def _ranking_lines(c: Comparison) -> list[str]:
         )
     else:
         lines.append(f"No subnet has a latency predicted for {c.target}.")
+    over = c.over_budget()
+    if over is not None:
+        lines.append(
+            f"Latency-front subnets measured over the search's budget of {over['budget_ms']:g} ms: "
+            f"{over['over']}/{over['n']} ({over['share']:.0%}); predictions were held to it times {over['margin']:.3f}."
+        )
     return lines
 
 

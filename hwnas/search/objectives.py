@@ -8,6 +8,10 @@ digits default is a quarter of NAS-BNN's widths at 32x32) stands for the full-wi
 the same choices (:meth:`SearchSpace.translate`), priced at the predictors' resolution (224 by
 default) with 1000 classes, the setting the paper reports OPs in and the target was profiled at.
 For a run trained at full width the translation is the identity.
+
+A latency budget holds a subnet's prediction times its predictor's margin (learnt from held-out
+networks, :class:`~hwnas.predictors.latency.Margin`), so that about alpha of the feasible subnets
+measure over the budget instead of about half.
 """
 
 from __future__ import annotations
@@ -74,3 +78,12 @@ class CostModel:
         """Predicted milliseconds of the deployed subnet on every target."""
         deployed = self.deployed(arch)
         return {name: p.predict(deployed, self.resolution) for name, p in self.predictors.items()}
+
+    def margins(self) -> dict[str, float]:
+        """Per target, the factor a prediction is multiplied by before it is held to a latency budget."""
+        return {name: p.margin.factor for name, p in self.predictors.items()}
+
+    def budgeted_ms(self, latency_ms: dict[str, float]) -> dict[str, float]:
+        """Predicted latencies with their margins: what a latency budget is checked against."""
+        margins = self.margins()
+        return {name: margins[name] * ms for name, ms in latency_ms.items()}

@@ -252,7 +252,8 @@ class TrialObjective:
         trial.set_user_attr("deployed", self.costs.deployed(arch).to_json())
         trial.set_user_attr("ops_m", ops_m)
         trial.set_user_attr("latency_ms", latency_ms)
-        for name, value in self.settings.constraints(ops_m, latency_ms).items():
+        trial.set_user_attr("latency_margin", self.costs.margins())
+        for name, value in self.settings.constraints(ops_m, self.costs.budgeted_ms(latency_ms)).items():
             trial.set_constraint(name, value)
         cached = arch in self.oracle.cache
         accuracy = self.oracle(arch)
@@ -297,6 +298,8 @@ def work(job: Job, callbacks: list[Callable] | None = None, loaded: tuple[Run, C
             study.set_user_attr(WORKERS_ATTR, index + 1)
         encoding = Encoding(run.space)
         budget = job.settings.budget_mops if job.settings.objective == "ops" else job.settings.budget_ms
+        if budget is not None and job.settings.objective == "latency":  # the sampler bounds the bare prediction
+            budget /= costs.margins()[job.settings.targets[0]]
         cost = first_cost(costs, job.settings)
         study.sampler = make_sampler(job.sampler, job.seed + index, encoding, cost, budget, job.trials)
         oracle = AccuracyOracle(run, job.threads)
