@@ -19,6 +19,13 @@ TINY = TrainConfig(
 """16x16 digits, an eighth of the NAS-BNN widths, 19 steps per epoch: seconds per run on 2 cores."""
 
 
+def pytest_report_header(config) -> list[str]:
+    """Which CPU ran the suite and which mcpu each compiled build used, so a failure says where."""
+    from tests.builds import report_lines
+
+    return report_lines()
+
+
 def tiny(**changes) -> TrainConfig:
     return replace(TINY, **changes)
 

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import te, tirx
 
-from hwnas.compile.epilogue import Residual, activation_params, rprelu
+from hwnas.compile.epilogue import Residual, activation_params, product, rprelu
 from hwnas.compile.tvm_targets import has_vector_popcount, vector_bits
 
 WORD_DTYPES = {32: "uint32", 64: "uint64"}
@@ -195,7 +195,7 @@ def conv_compute(
     bias = te.placeholder((shape.c_out,), "float32", name="bias")
 
     def affine_dot(y, x, c):
-        return dot(y, x, c).astype("float32") * scale[c] + bias[c]
+        return product(dot(y, x, c).astype("float32"), scale[c]) + bias[c]
 
     if residual is None:
         return [act, wgt, scale, bias, te.compute(shape.output_shape, affine_dot, name="out")]

@@ -1,0 +1,138 @@
+"""The compiled network equals its PyTorch reference bit for bit, on every build and CPU.
+
+Trained-like weights (non-trivial BatchNorm statistics, thresholds near the values) put pre-sign
+values within rounding of their thresholds, where any difference in rounding flips a bit. Each
+build compiles its 20 random 32x32 subnets (and, apart, the smallest and largest at 224) into one
+traced module, whose every activation is compared with :mod:`hwnas.compile.reference`.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+import tvm
+
+from hwnas.compile.deploy import CompiledNet, check_outputs, verification_images
+from hwnas.compile.fold import FoldedNet, fold
+from hwnas.compile.network import build_networks, layer_convs
+from hwnas.compile.realparts import stem_kernel
+from hwnas.compile.reference import binary_conv, reference_outputs, stem
+from hwnas.model import build_supernet
+from hwnas.model.layers import shortcut
+from hwnas.space import NASBNN
+from tests.builds import BUILDS, build_target, runs_here
+
+SEEDS_32 = range(20)  # seed 0: the largest subnet, the others random
+EXTREMES_224 = ("smallest", "largest")
+
+
+@cache
+def trained_like_supernet(resolution: int, classes: int = 10):
+    """A supernet with non-trivial parameters and BN statistics, so folding is really exercised
+    (as tests/test_compile.py builds it: its subnet 3 flipped a bit on an Intel host before)."""
+    torch.manual_seed(0)
+    net = build_supernet(NASBNN, classes)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        net.set_active(NASBNN.largest())
+        net(torch.randn(8, 3, resolution, resolution))
+    return net.eval()
+
+
+def arch_of(key: int | str):
+    if key in ("largest", 0):
+        return NASBNN.largest()
+    return NASBNN.smallest() if key == "smallest" else NASBNN.sample(random.Random(key))
+
+
+@cache
+def folded(key: int | str, resolution: int) -> FoldedNet:
+    return fold(trained_like_supernet(resolution).extract(arch_of(key)), resolution)
+
+
+@cache
+def compiled(build: str, resolution: int) -> CompiledNet:
+    """Every test network of one build and resolution in one traced module, compiled once."""
+    keys = SEEDS_32 if resolution == 32 else EXTREMES_224
+    module = build_networks({f"net_{k}": folded(k, resolution) for k in keys}, build_target(build), trace=True)
+    return CompiledNet(tvm.compile(module, target=build_target(build)))
+
+
+def check(build: str, key: int | str, resolution: int, samples: int):
+    if not runs_here(build):
+        pytest.skip(f"build {build} does not run on this host")
+    net = compiled(build, resolution)
+    images = verification_images(resolution, samples, seed=zlib.crc32(f"{build}/{key}".encode()))
+    return check_outputs(folded(key, resolution), images, [net.outputs(image, f"net_{key}") for image in images])
+
+
+@pytest.mark.parametrize("key", SEEDS_32)
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_activation_bit_identical_at_32(build, key):
+    result = check(build, key, 32, samples=2)
+    assert result.ok and result.differing == 0 and result.max_rel_error == 0.0, result
+    every_value = sum(t.numel() for _, t in reference_outputs(folded(key, 32), verification_images(32, 1)[0]))
+    assert result.values == 2 * every_value
+
+
+@pytest.mark.parametrize("key", EXTREMES_224)
+@pytest.mark.parametrize("build", BUILDS)
+def test_extremes_bit_identical_at_224(build, key):
+    result = check(build, key, 224, samples=1)
+    assert result.ok and result.differing == 0, result
+
+
+def test_a_flipped_bit_is_found_and_named():
+    net = folded(3, 32)
+    image = verification_images(32, 1)[0]
+    outputs = [t[0].permute(1, 2, 0).numpy().copy() for _, t in reference_outputs(net, image)[:-1]]
+    outputs.append(reference_outputs(net, image)[-1][1].numpy())
+    assert check_outputs(net, [image], [outputs]).ok
+    outputs[3][0, 0, 0] = np.nextafter(outputs[3][0, 0, 0], np.float32(np.inf))  # one ulp, one value
+    result = check_outputs(net, [image], [outputs])
+    assert not result.ok and result.differing == 1
+    assert result.first_difference == reference_outputs(net, image)[3][0]
+
+
+def test_products_are_not_contracted_into_fma(monkeypatch):
+    """On an FMA build (haswell) LLVM fuses the stem's multiply-adds unless the product is fenced."""
+
+    def stem_asm() -> str:
+        return tvm.compile(stem_kernel(24, 32), target=build_target("x86-avx2")).mod.inspect_source("asm")
+
+    asm = stem_asm()
+    assert "vmulps" in asm and "vfmadd" not in asm
+    monkeypatch.setattr("hwnas.compile.realparts.product", lambda a, b: a * b)
+    assert "vfmadd" in stem_asm()
+
+
+@pytest.mark.parametrize("key", [0, 3, 11, "smallest"])
+def test_fold_matches_the_model_layer_by_layer(key):
+    """Folding BN and the weight scale into one affine changes only roundings: each folded conv,
+    fed the model's own input, gives the model's output within float32 noise (same sign bits)."""
+    subnet = trained_like_supernet(32).extract(arch_of(key))
+    net = fold(subnet, 32)
+    x = torch.from_numpy(verification_images(32, 1, seed=5)[0])
+    with torch.no_grad():
+        got = stem(net, x)
+        x = subnet.stem(x, net.arch.stem, subnet.mode)
+        torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-5)
+        for (s, i, layer), folded_layer in zip(subnet.active.layers(), net.layers, strict=True):
+            block = subnet.stages[s][i]
+            (first, _), _ = layer_convs(folded_layer.shape)
+            c, mode = x.shape[1], subnet.mode
+            y = block.bn1(block.conv1(block.rsign1(x, True), c, layer.k, layer.g, first.stride, mode))
+            y = block.act1(y + shortcut(x, c, first.stride))
+            got = binary_conv(folded_layer.group_conv, x, first.groups, first.stride)
+            torch.testing.assert_close(got, y, rtol=1e-5, atol=1e-5)
+            z = block.act2(
+                block.bn2(block.conv2(block.rsign2(y, True), layer.c, 1, 1, 1, mode)) + shortcut(y, layer.c, 1)
+            )
+            torch.testing.assert_close(binary_conv(folded_layer.pointwise, y, 1, 1), z, rtol=1e-5, atol=1e-5)
+            x = z
