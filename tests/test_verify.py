@@ -2,8 +2,9 @@
 
 Trained-like weights (non-trivial BatchNorm statistics, thresholds near the values) put pre-sign
 values within rounding of their thresholds, where any difference in rounding flips a bit. Each
-build compiles its 20 random 32x32 subnets (and, apart, the smallest and largest at 224) into one
-traced module, whose every activation is compared with :mod:`hwnas.compile.reference`.
+build compiles its 20 subnets at 32x32 (the largest and 19 random ones) into one traced module,
+and the smallest and largest at 224 into another; every activation is compared with
+:mod:`hwnas.compile.reference`.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ def arch_of(key: int | str):
 
 @cache
 def folded(key: int | str, resolution: int) -> FoldedNet:
-    return fold(trained_like_supernet(resolution).extract(arch_of(key)), resolution)
+    """The subnet folded straight from the supernet (what its extracted copy folds to, without the
+    copy), with the 32x32 BN statistics at every resolution (a forward pass at 224 to collect
+    statistics would take long and change nothing here)."""
+    net = trained_like_supernet(32)
+    net.set_active(arch_of(key))
+    return fold(net, resolution)
 
 
 @cache
@@ -64,28 +70,30 @@ def compiled(build: str, resolution: int) -> CompiledNet:
     return CompiledNet(tvm.compile(module, target=build_target(build)))
 
 
-def check(build: str, key: int | str, resolution: int, samples: int):
+def check(build: str, key: int | str, resolution: int) -> None:
+    """One random image (seeded per build and network) through the compiled and reference network:
+    every activation, stem to logits, bit-identical."""
     if not runs_here(build):
         pytest.skip(f"build {build} does not run on this host")
-    net = compiled(build, resolution)
-    images = verification_images(resolution, samples, seed=zlib.crc32(f"{build}/{key}".encode()))
-    return check_outputs(folded(key, resolution), images, [net.outputs(image, f"net_{key}") for image in images])
+    net = folded(key, resolution)
+    image = verification_images(resolution, 1, seed=zlib.crc32(f"{build}/{key}".encode()))[0]
+    outputs = compiled(build, resolution).outputs(image, f"net_{key}")
+    assert len(outputs) == 2 + 2 * len(net.layers)  # stem, every binary conv, logits
+    result = check_outputs(net, [image], [outputs])
+    assert result.ok and result.differing == 0 and result.max_rel_error == 0.0, result
+    assert result.values == sum(output.size for output in outputs)
 
 
 @pytest.mark.parametrize("key", SEEDS_32)
 @pytest.mark.parametrize("build", BUILDS)
 def test_every_activation_bit_identical_at_32(build, key):
-    result = check(build, key, 32, samples=2)
-    assert result.ok and result.differing == 0 and result.max_rel_error == 0.0, result
-    every_value = sum(t.numel() for _, t in reference_outputs(folded(key, 32), verification_images(32, 1)[0]))
-    assert result.values == 2 * every_value
+    check(build, key, 32)
 
 
 @pytest.mark.parametrize("key", EXTREMES_224)
 @pytest.mark.parametrize("build", BUILDS)
 def test_extremes_bit_identical_at_224(build, key):
-    result = check(build, key, 224, samples=1)
-    assert result.ok and result.differing == 0, result
+    check(build, key, 224)
 
 
 def test_a_flipped_bit_is_found_and_named():
@@ -112,7 +120,7 @@ def test_products_are_not_contracted_into_fma(monkeypatch):
     assert "vfmadd" in stem_asm()
 
 
-@pytest.mark.parametrize("key", [0, 3, 11, "smallest"])
+@pytest.mark.parametrize("key", [0, 3, "smallest"])
 def test_fold_matches_the_model_layer_by_layer(key):
     """Folding BN and the weight scale into one affine changes only roundings: each folded conv,
     fed the model's own input, gives the model's output within float32 noise (same sign bits)."""
