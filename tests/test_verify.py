@@ -26,6 +26,7 @@ from hwnas.compile.reference import binary_conv, reference_outputs, stem
 from hwnas.model import build_supernet
 from hwnas.model.layers import shortcut
 from hwnas.space import NASBNN
+from hwnas.targets.target import load_target
 from tests.builds import BUILDS, build_target, runs_here
 
 SEEDS_32 = range(20)  # seed 0: the largest subnet, the others random
@@ -108,16 +109,18 @@ def test_a_flipped_bit_is_found_and_named():
     assert result.first_difference == reference_outputs(net, image)[3][0]
 
 
-def test_products_are_not_contracted_into_fma(monkeypatch):
-    """On an FMA build (haswell) LLVM fuses the stem's multiply-adds unless the product is fenced."""
+@pytest.mark.parametrize(("build", "fma"), [("x86-avx2", "vfmadd"), ("aarch64", "fmla")])
+def test_products_are_not_contracted_into_fma(monkeypatch, build, fma):
+    """On FMA builds (haswell, AArch64 NEON) LLVM fuses the stem's multiply-adds unless the product
+    is fenced (only code generation: nothing runs, so the AArch64 build is checked on any host)."""
+    target = load_target("aarch64").tvm_target() if build == "aarch64" else build_target(build)
 
     def stem_asm() -> str:
-        return tvm.compile(stem_kernel(24, 32), target=build_target("x86-avx2")).mod.inspect_source("asm")
+        return tvm.compile(stem_kernel(24, 32), target=target).mod.inspect_source("asm")
 
-    asm = stem_asm()
-    assert "vmulps" in asm and "vfmadd" not in asm
+    assert fma not in stem_asm()
     monkeypatch.setattr("hwnas.compile.realparts.product", lambda a, b: a * b)
-    assert "vfmadd" in stem_asm()
+    assert fma in stem_asm()
 
 
 @pytest.mark.parametrize("key", [0, 3, "smallest"])
