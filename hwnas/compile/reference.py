@@ -12,8 +12,9 @@ depend on AVX-512, AVX2, SSE or NEON, nor on which side runs where.
 
 We chose this over accepting "tied" sign bits (values within rounding of their threshold that may
 flip) because a deployable network is then one exact function: nothing to bound, count or
-explain, and a single flipped bit anywhere (a real bug) shows as a difference. The price is two
-roundings instead of one FMA in each epilogue, which costs no measurable time next to the popcounts.
+explain, and a single flipped bit anywhere (a real bug) shows as a difference. The price is a
+multiply and an add instead of one FMA per product in the epilogues, stem and head (element-wise
+work, small next to the popcounts; not measured yet on an idle machine).
 
 Folding itself (BatchNorm and the weight scale into one affine) rounds differently from the
 training model's ``BatchNorm(s * D)``; that is a change of formula, checked layer by layer in the
