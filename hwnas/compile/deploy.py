@@ -137,8 +137,9 @@ class Verification:
     """The compiled network against :mod:`hwnas.compile.reference` (bit for bit, see there why).
 
     ``differing`` counts the values (logits, and every activation of a traced build) that are not
-    bit-identical; ``first_difference`` names the first tensor with one. Ties near a sign threshold
-    are not accepted: there is nothing to tie, both sides compute the same float32 values.
+    identical (the same float32 bits, a zero of either sign being the same value);
+    ``first_difference`` names the first tensor with one. Ties near a sign threshold are not
+    accepted: there is nothing to tie, both sides compute the same float32 values.
     """
 
     max_rel_error: float  # max |logit difference| / max |reference logit|, over all samples
@@ -176,7 +177,7 @@ def check_outputs(net: FoldedNet, images: list[np.ndarray], outputs: list[list[n
             ref = ref.numpy() if name == "logits" else ref[0].permute(1, 2, 0).numpy()
             if out.shape != ref.shape:
                 raise HwnasError(f"{name}: the compiled network returned shape {out.shape}, expected {ref.shape}")
-            bad = int(np.count_nonzero(out.view(np.uint32) != ref.view(np.uint32)))
+            bad = int(np.count_nonzero(~(out == ref)))  # equal values: the same bits, but +0 == -0
             values, differing = values + ref.size, differing + bad
             first = first or (name if bad else "")
         logits, ref_logits = got[-1], expected[-1][1].numpy()
