@@ -23,11 +23,11 @@ from hwnas.compile.fold import FoldedNet, fold
 from hwnas.compile.network import build_networks, layer_convs
 from hwnas.compile.realparts import stem_kernel
 from hwnas.compile.reference import binary_conv, reference_outputs, stem
-from hwnas.model import build_supernet
 from hwnas.model.layers import shortcut
 from hwnas.space import NASBNN
 from hwnas.targets.target import load_target
 from tests.builds import BUILDS, build_target, runs_here
+from tests.test_compile import trained_like_supernet
 
 SEEDS_32 = range(20)  # seed 0: the largest subnet, the others random
 EXTREMES_224 = ("smallest", "largest")
@@ -35,17 +35,10 @@ CHUNK = 5
 
 
 @cache
-def trained_like_supernet(resolution: int, classes: int = 10):
-    """A supernet with non-trivial parameters and BN statistics, so folding is really exercised
-    (as tests/test_compile.py builds it: its subnet 3 flipped a bit on an Intel host before)."""
-    torch.manual_seed(0)
-    net = build_supernet(NASBNN, classes)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-        net.set_active(NASBNN.largest())
-        net(torch.randn(8, 3, resolution, resolution))
-    return net.eval()
+def supernet():
+    """The trained-like supernet of tests/test_compile.py (its subnet 3 flipped a bit on an Intel
+    host before this definition of equal), built once."""
+    return trained_like_supernet(32)
 
 
 def arch_of(key: int | str):
@@ -59,7 +52,7 @@ def folded(key: int | str, resolution: int) -> FoldedNet:
     """The subnet folded straight from the supernet (what its extracted copy folds to, without the
     copy), with the 32x32 BN statistics at every resolution (a forward pass at 224 to collect
     statistics would take long and change nothing here)."""
-    net = trained_like_supernet(32)
+    net = supernet()
     net.set_active(arch_of(key))
     return fold(net, resolution)
 
@@ -135,7 +128,7 @@ def test_products_are_not_contracted_into_fma(monkeypatch, build, fma):
 def test_fold_matches_the_model_layer_by_layer(key):
     """Folding BN and the weight scale into one affine changes only roundings: each folded conv,
     fed the model's own input, gives the model's output within float32 noise (same sign bits)."""
-    subnet = trained_like_supernet(32).extract(arch_of(key))
+    subnet = supernet().extract(arch_of(key))
     net = fold(subnet, 32)
     x = torch.from_numpy(verification_images(32, 1, seed=5)[0])
     with torch.no_grad():
