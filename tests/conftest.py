@@ -20,6 +20,13 @@ TINY = TrainConfig(
 one process (tests of the spawned workers ask for two)."""
 
 
+def pytest_report_header(config) -> list[str]:
+    """Which CPU ran the suite and which mcpu each compiled build used, so a failure says where."""
+    from tests.builds import report_lines
+
+    return report_lines()
+
+
 def tiny(**changes) -> TrainConfig:
     return replace(TINY, **changes)
 

@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile a subnet with TVM into a runtime library")
     _common(p)
     p.add_argument("--target", default="local", help="target name (see `hwnas targets`; default local)")
-    p.add_argument("--verify", action="store_true", help="compare with the PyTorch BWBA subnet on random inputs")
+    p.add_argument(
+        "--verify", action="store_true", help="compare bit for bit with the folded PyTorch subnet on random inputs"
+    )
     p.add_argument("--bench", action="store_true", help="median latency vs the float32 PyTorch network")
     p.add_argument("--profile", action="store_true", help="with --bench: time every kernel of the network")
     p.set_defaults(func=cmd_compile)
@@ -80,9 +82,16 @@ def cmd_compile(args: argparse.Namespace) -> None:
         with net_on_device(target, path) as net:
             if args.verify:
                 check = verify(net, sub.net, sub.resolution, seed=args.seed)
-                data.update(verified=check.ok, max_rel_error=check.max_rel_error, top1_agree=check.top1_agree)
+                data.update(
+                    verified=check.ok,
+                    max_rel_error=check.max_rel_error,
+                    top1_agree=check.top1_agree,
+                    values_compared=check.values,
+                    differing_values=check.differing,
+                )
                 lines.append(
-                    f"verify   {'ok' if check.ok else 'FAILED'}: max relative logit error {check.max_rel_error:.2e}, "
+                    f"verify   {'ok' if check.ok else 'FAILED'}: {check.differing} of {check.values} logits differ "
+                    f"from the PyTorch reference (max relative error {check.max_rel_error:.2e}), "
                     f"top-1 {'agrees' if check.top1_agree else 'differs'} on {check.samples} random inputs"
                     + (f" (run on {args.target})" if remote else "")
                 )
@@ -147,15 +156,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     from hwnas.compile.onnx_export import export_onnx
 
     arch, sub = _subnet(args)
-    path = export_onnx(fold(sub.net, sub.resolution), args.output)
+    folded = fold(sub.net, sub.resolution)
+    path = export_onnx(folded, args.output)
     data = {"output": str(path), "resolution": sub.resolution, "arch": arch.to_json()}
     text = f"wrote {path}"
     if args.verify:
-        from hwnas.compile.deploy import verify
-        from hwnas.compile.onnx_export import OnnxRunner
+        from hwnas.compile.onnx_export import verify_onnx
         from hwnas.errors import HwnasError
 
-        check = verify(OnnxRunner(path), sub.net, sub.resolution, seed=args.seed)
+        check = verify_onnx(path, folded, seed=args.seed)
         data |= {"verified": check.ok, "max_rel_error": check.max_rel_error, "top1_agree": check.top1_agree}
         text += (
             f"\nverify   {'ok' if check.ok else 'FAILED'} (onnxruntime): max relative logit error "

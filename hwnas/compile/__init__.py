@@ -7,4 +7,6 @@ Modules, one job each:
 - ``binconv``: the bit layout, the padding rule and the binary conv2d compute and schedules.
 - ``bitpack``: the activation packing kernel and NumPy reference packers.
 - ``runner``: build, run, time and export a kernel standalone.
+- ``reference``: the folded network in PyTorch, op for op as the kernels compute it; a compiled
+  network equals it bit for bit on every CPU (``deploy.verify``, ``docs/verification.md``).
 """

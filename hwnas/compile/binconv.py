@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import te, tirx
 
-from hwnas.compile.epilogue import Residual, activation_params, rprelu
+from hwnas.compile.epilogue import Residual, activation_params, product, rprelu
 from hwnas.compile.tvm_targets import has_vector_popcount, vector_bits
 
 WORD_DTYPES = {32: "uint32", 64: "uint64"}
@@ -237,8 +237,8 @@ def conv_compute(
         if zero_pad:
             d = d - extra[-1][border_index(y, shape.out_height, rows), border_index(x, shape.out_width, cols), c]
         if weight_scale:  # PyTorch's order: (D * s), then BatchNorm as one fused multiply-add
-            return tirx.op.fma(d.astype("float32") * extra[0][c], scale[c], bias[c])
-        return d.astype("float32") * scale[c] + bias[c]
+            return tirx.op.fma(product(d.astype("float32"), extra[0][c]), scale[c], bias[c])
+        return product(d.astype("float32"), scale[c]) + bias[c]
 
     if residual is None:
         return [act, wgt, scale, bias, *extra, te.compute(shape.output_shape, affine_dot, name="out")]

@@ -18,8 +18,9 @@ import tvm
 from tvm import relax
 
 from hwnas.arch import Arch
-from hwnas.compile.fold import fold
+from hwnas.compile.fold import FoldedNet, fold
 from hwnas.compile.network import build_module
+from hwnas.compile.reference import reference_outputs
 from hwnas.compile.runner import link
 from hwnas.errors import HwnasError
 from hwnas.model import BinaryNet, Mode, ModelOptions, Skeleton
@@ -34,16 +35,19 @@ class Compiled:
     target: tvm.target.Target
 
 
-def subnet_module(subnet: BinaryNet, resolution: int, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
+def subnet_module(
+    subnet: BinaryNet, resolution: int, target: tvm.target.Target, trace: bool = False
+) -> tuple[tvm.IRModule, list[str]]:
     """``subnet`` (its active arch, BWBA, eval) folded into a Relax module for ``target``, not yet
     compiled, and the label of each kernel call. Not thread-safe: Relax's BlockBuilder keeps a
-    class-level stack (:mod:`hwnas.targets.tvm_measures` builds under a lock and compiles in parallel)."""
-    return build_module(fold(subnet, resolution), target)
+    class-level stack (:mod:`hwnas.targets.tvm_measures` builds under a lock and compiles in parallel).
+    With ``trace`` the module returns every activation (``network.build_module``)."""
+    return build_module(fold(subnet, resolution), target, trace)
 
 
-def compile_subnet(subnet: BinaryNet, resolution: int, target: tvm.target.Target) -> Compiled:
+def compile_subnet(subnet: BinaryNet, resolution: int, target: tvm.target.Target, trace: bool = False) -> Compiled:
     """Fold ``subnet`` (its active arch, BWBA, eval) and compile it for ``target``."""
-    module, labels = subnet_module(subnet, resolution, target)
+    module, labels = subnet_module(subnet, resolution, target, trace)
     return Compiled(tvm.compile(module, target=target), labels, target)
 
 
@@ -75,7 +79,15 @@ class CompiledNet:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """image [1, 3, R, R] float32 -> logits [1, classes]."""
-        return self.vm["main"](self._tensor(image)).numpy()
+        return self.outputs(image)[-1]
+
+    def outputs(self, image: np.ndarray, function: str = "main") -> list[np.ndarray]:
+        """What ``function`` returns for ``image``: [logits], or every activation of a traced build
+        (``compile_subnet(..., trace=True)``), activations channels last [H, W, C]."""
+        result = self.vm[function](self._tensor(image))
+        if isinstance(result, tvm.runtime.Tensor):
+            return [result.numpy()]
+        return [t.numpy() for t in result]
 
     def _tensor(self, image: np.ndarray) -> tvm.runtime.Tensor:
         return tvm.runtime.tensor(np.ascontiguousarray(image, dtype="float32"), self.device)
@@ -135,27 +147,63 @@ def _profile(path: str, image: np.ndarray, labels: list[str]) -> list[tuple[str,
 
 @dataclass(frozen=True)
 class Verification:
+    """The compiled network against :mod:`hwnas.compile.reference` (bit for bit, see there why).
+
+    ``differing`` counts the values (logits, and every activation of a traced build) that are not
+    identical (the same float32 bits, a zero of either sign being the same value);
+    ``first_difference`` names the first tensor with one. Ties near a sign threshold are not
+    accepted: there is nothing to tie, both sides compute the same float32 values.
+    """
+
     max_rel_error: float  # max |logit difference| / max |reference logit|, over all samples
     top1_agree: bool
     samples: int
+    values: int = 0  # values compared
+    differing: int = 0
+    first_difference: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.max_rel_error <= 1e-3 and self.top1_agree
+        return self.differing == 0 and self.top1_agree
+
+
+def verification_images(resolution: int, samples: int = 4, seed: int = 0) -> list[np.ndarray]:
+    """The random inputs [1, 3, R, R] a verification runs, the same on every machine."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, 3, resolution, resolution), dtype=np.float32) for _ in range(samples)]
+
+
+def check_outputs(net: FoldedNet, images: list[np.ndarray], outputs: list[list[np.ndarray]]) -> Verification:
+    """Compare what a compiled network returned for ``images`` (``CompiledNet.outputs`` of each:
+    the logits, or every activation of a traced build) with the reference, value for value.
+
+    Pure NumPy on the compiled side, so the outputs may come from anywhere (a board over RPC).
+    """
+    worst, agree, values, differing, first = 0.0, True, 0, 0, ""
+    for image, got in zip(images, outputs, strict=True):
+        expected = reference_outputs(net, image)
+        if len(got) == 1:
+            expected = expected[-1:]
+        if len(got) != len(expected):
+            raise HwnasError(f"the compiled network returned {len(got)} outputs, the reference has {len(expected)}")
+        for (name, ref), out in zip(expected, got, strict=True):
+            ref = ref.numpy() if name == "logits" else ref[0].permute(1, 2, 0).numpy()
+            if out.shape != ref.shape:
+                raise HwnasError(f"{name}: the compiled network returned shape {out.shape}, expected {ref.shape}")
+            bad = int(np.count_nonzero(~(out == ref)))  # equal values: the same bits, but +0 == -0
+            values, differing = values + ref.size, differing + bad
+            first = first or (name if bad else "")
+        logits, ref_logits = got[-1], expected[-1][1].numpy()
+        worst = max(worst, float(np.abs(logits - ref_logits).max() / max(np.abs(ref_logits).max(), 1e-12)))
+        agree &= bool(logits.argmax() == ref_logits.argmax())
+    return Verification(worst, agree, len(images), values, differing, first)
 
 
 def verify(compiled: CompiledNet, subnet: BinaryNet, resolution: int, samples: int = 4, seed: int = 0) -> Verification:
-    """Run random images through the compiled network and the PyTorch BWBA subnet and compare."""
-    rng = np.random.default_rng(seed)
-    worst, agree = 0.0, True
-    with torch.no_grad():
-        for _ in range(samples):
-            image = rng.standard_normal((1, 3, resolution, resolution), dtype=np.float32)
-            ref = subnet(torch.from_numpy(image)).numpy()
-            got = compiled(image)
-            worst = max(worst, float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12)))
-            agree &= bool(got.argmax() == ref.argmax())
-    return Verification(worst, agree, samples)
+    """Run random images through the compiled network and the folded PyTorch reference of the BWBA
+    ``subnet`` (:mod:`hwnas.compile.reference`) and compare them bit for bit."""
+    images = verification_images(resolution, samples, seed)
+    return check_outputs(fold(subnet, resolution), images, [compiled.outputs(image) for image in images])
 
 
 def float_baseline(arch: Arch, num_classes: int) -> BinaryNet:

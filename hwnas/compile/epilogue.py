@@ -1,7 +1,8 @@
 """Element-wise tails fused into the compiled kernels: folded affine, Bi-Real shortcut, RPReLU.
 
 They mirror :mod:`hwnas.model.layers` (``shortcut``) and :mod:`hwnas.model.binary` (``RPReLU``)
-operation for operation, in the same order, so the compiled network rounds as PyTorch does.
+operation for operation, in the same order, and every product goes through :func:`product`, so
+the compiled network rounds exactly as :mod:`hwnas.compile.reference` does on every CPU.
 """
 
 from __future__ import annotations
@@ -11,6 +12,18 @@ from enum import Enum
 from tvm import te, tirx
 
 ZERO = tirx.const(0, "float32")
+_FENCE = "llvm.arithmetic.fence"
+
+
+def product(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``a * b`` rounded to float32 on its own, never fused with the add that follows it.
+
+    TVM lets LLVM contract a multiply and an add into one FMA (one rounding instead of two)
+    wherever the CPU has FMA: an AVX-512 or AVX2 build would then round differently from an
+    SSE-only build and from PyTorch, and a value near a sign threshold could land on the other
+    side. ``llvm.arithmetic.fence`` blocks the contraction on every LLVM backend (x86, AArch64).
+    """
+    return tirx.call_llvm_pure_intrin("float32", _FENCE, a * b)
 
 
 class Residual(Enum):
@@ -48,4 +61,4 @@ def rprelu(
 ) -> tirx.PrimExpr:
     """RPReLU as the model computes it: z = v - shift_in; (z if z >= 0 else z * slope) + shift_out."""
     z = v - shift_in[c]
-    return tirx.Select(z >= ZERO, z, z * slope[c]) + shift_out[c]
+    return tirx.Select(z >= ZERO, z, product(z, slope[c])) + shift_out[c]

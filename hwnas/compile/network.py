@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from hwnas.arch import LayerConfig
+from hwnas.arch import LayerConfig, LayerShape
 from hwnas.compile.binconv import ConvShape, Tile, binary_conv2d
 from hwnas.compile.bitpack import pack_weights, packer_for
 from hwnas.compile.epilogue import Residual
@@ -108,12 +108,17 @@ class _Builder:
         return self.call(k.conv, "binconv", args, shape.output_shape, "float32", f"{label} conv")
 
 
-def build_module(net: FoldedNet, target: tvm.target.Target) -> tuple[tvm.IRModule, list[str]]:
-    """The Relax IRModule of a folded network for ``target``, and a label per kernel call in order."""
-    b = _Builder(target)
+def layer_labels(shape: LayerShape) -> tuple[str, str]:
+    """The labels of a searched layer's two binary convs (profiles, verification reports)."""
+    name = f"s{shape.stage + 1}.{shape.index + 1} c{shape.c_out}_k{shape.k}_g{shape.g}"
+    return f"{name} k{shape.k}x{shape.k}", f"{name} 1x1"
+
+
+def _emit_network(b: _Builder, net: FoldedNet, name: str, trace: bool) -> None:
+    """Emit ``net`` as the function ``name`` (see ``build_module``)."""
     res, c = net.resolution, net.arch.stem
     image = relax.Var("image", relax.TensorType((1, 3, res, res), "float32"))
-    with b.bb.function("main", [image]):
+    with b.bb.function(name, [image]):
         with b.bb.dataflow():
             size = net.arch.stem_size(res)
             stem_args = [
@@ -124,12 +129,14 @@ def build_module(net: FoldedNet, target: tvm.target.Target) -> tuple[tvm.IRModul
                 *_act_consts(net.stem_act),
             ]
             x = b.call(stem_kernel(c, res), "stem", stem_args, (size, size, c), "float32", "stem")
+            activations = [x]
             for layer in net.layers:
                 s = layer.shape
                 (first, first_residual), (second, second_residual) = layer_convs(s)
-                name = f"s{s.stage + 1}.{s.index + 1} c{s.c_out}_k{s.k}_g{s.g}"
-                y = b.conv(layer.group_conv, first, first_residual, x, f"{name} k{s.k}x{s.k}")
-                x = b.conv(layer.pointwise, second, second_residual, y, f"{name} 1x1")
+                first_label, second_label = layer_labels(s)
+                y = b.conv(layer.group_conv, first, first_residual, x, first_label)
+                x = b.conv(layer.pointwise, second, second_residual, y, second_label)
+                activations += [y, x]
                 size = s.size_out
             head = head_kernel(net.arch.last_width, size, net.num_classes)
             logits = b.call(
@@ -140,6 +147,28 @@ def build_module(net: FoldedNet, target: tvm.target.Target) -> tuple[tvm.IRModul
                 "float32",
                 "head",
             )
-            out = b.bb.emit_output(logits)
+            out = b.bb.emit_output(relax.Tuple([*activations, logits]) if trace else logits)
         b.bb.emit_func_output(out)
+
+
+def build_module(net: FoldedNet, target: tvm.target.Target, trace: bool = False) -> tuple[tvm.IRModule, list[str]]:
+    """The Relax IRModule of a folded network for ``target``, and a label per kernel call in order.
+
+    With ``trace`` its ``main`` returns every float activation, in order (the stem's output, each
+    binary conv's output, the logits), to compare a compiled network layer by layer.
+    """
+    b = _Builder(target)
+    _emit_network(b, net, "main", trace)
     return b.bb.get(), b.labels
+
+
+def build_networks(nets: dict[str, FoldedNet], target: tvm.target.Target, trace: bool = False) -> tvm.IRModule:
+    """One Relax IRModule with a function per named network (as ``build_module``'s ``main``).
+
+    Kernels of the same shape are emitted once (the BlockBuilder deduplicates equal PrimFuncs),
+    so many networks compile and link in a fraction of the time they take one by one.
+    """
+    b = _Builder(target)
+    for name, net in nets.items():
+        _emit_network(b, net, name, trace)
+    return b.bb.get()

@@ -10,6 +10,7 @@ project can read. It also cross-checks the folding against the training model.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,35 @@ class OnnxRunner:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {"image": image})[0]
+
+
+ONNX_TOLERANCE = 1e-3
+"""Largest relative logit error accepted from an ONNX runtime. Unlike the compiled library (bit for
+bit, :mod:`hwnas.compile.reference`), a runtime sums the real-valued stem and pools in its own order,
+so a value within rounding of a sign threshold may flip a bit; at 224x224 with random weights that
+moves logits by a few percent, so verify a trained network, where thresholds sit away from values."""
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    max_rel_error: float
+    top1_agree: bool
+    samples: int
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel_error <= ONNX_TOLERANCE and self.top1_agree
+
+
+def verify_onnx(path: str | Path, net: FoldedNet, samples: int = 4, seed: int = 0) -> OnnxCheck:
+    """Run the ONNX file with onnxruntime on random images and compare with the folded reference."""
+    from hwnas.compile.deploy import verification_images
+    from hwnas.compile.reference import reference_logits
+
+    runner, worst, agree = OnnxRunner(path), 0.0, True
+    images = verification_images(net.resolution, samples, seed)
+    for image in images:
+        got, ref = runner(image), reference_logits(net, image)
+        worst = max(worst, float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12)))
+        agree &= bool(got.argmax() == ref.argmax())
+    return OnnxCheck(worst, agree, len(images))

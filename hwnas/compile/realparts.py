@@ -3,7 +3,9 @@
 Both work in the compiled network's layout: batch 1, channels last ``[H, W, C]``. The stem reads
 the NCHW image, computes the 3x3 stride-2 conv (zero padding) with its exact 8-bit weights, then
 the folded BatchNorm affine and RPReLU, all in one kernel. The head averages over the pixels and
-applies the classifier, returning logits ``[1, classes]``.
+applies the classifier, returning logits ``[1, classes]``. Every product is an
+:func:`~hwnas.compile.epilogue.product` and every sum runs in the order its loop nest states, so
+:mod:`hwnas.compile.reference` computes the same float32 values bit for bit.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import tvm
 from tvm import te, tirx
 
 from hwnas.arch import STEM_IN_CHANNELS, STEM_KERNEL, STEM_STRIDE, conv_out_size
-from hwnas.compile.epilogue import activation_params, rprelu
+from hwnas.compile.epilogue import activation_params, product, rprelu
 
 MAX_LANES = 32  # float lanes of one vectorised loop: two AVX-512 registers
 
@@ -46,9 +48,13 @@ def stem_kernel(c: int, resolution: int) -> tirx.PrimFunc:
         return tirx.if_then_else(inside, image[0, ci, iy, ix], tirx.const(0, "float32"))
 
     acc = te.compute(
-        (size, size, c), lambda y, x, o: te.sum(pixel(y, x) * weight[ci, ky, kx, o], axis=[ci, ky, kx]), name="acc"
+        (size, size, c),
+        lambda y, x, o: te.sum(product(pixel(y, x), weight[ci, ky, kx, o]), axis=[ci, ky, kx]),
+        name="acc",
     )
-    out = te.compute((size, size, c), lambda y, x, o: rprelu(acc[y, x, o] * scale[o] + bias[o], o, *act), name="out")
+    out = te.compute(
+        (size, size, c), lambda y, x, o: rprelu(product(acc[y, x, o], scale[o]) + bias[o], o, *act), name="out"
+    )
     sch = tvm.s_tir.Schedule(te.create_prim_func([image, weight, scale, bias, *act, out]))
     block = sch.get_sblock("acc")
     y, x, o, r_ci, r_ky, r_kx = sch.get_loops(block)
@@ -83,7 +89,7 @@ def head_kernel(c: int, size: int, classes: int) -> tirx.PrimFunc:
     total = te.compute((c,), lambda o: te.sum(x[ry, rx, o], axis=[ry, rx]), name="total")
     pooled = te.compute((c,), lambda o: total[o] / tirx.const(size * size, "float32"), name="pooled")
     rc = te.reduce_axis((0, c), name="rc")
-    dot = te.compute((1, classes), lambda _, j: te.sum(pooled[rc] * weight[rc, j], axis=rc), name="dot")
+    dot = te.compute((1, classes), lambda _, j: te.sum(product(pooled[rc], weight[rc, j]), axis=rc), name="dot")
     logits = te.compute((1, classes), lambda _, j: dot[0, j] + bias[j], name="logits")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, weight, bias, logits]))
     o, r_y, r_x = sch.get_loops(sch.get_sblock("total"))
