@@ -103,8 +103,9 @@ def test_budget_picks(comparison):
 
 
 def test_default_budgets_span_the_measured_range_rounded_up():
-    assert default_budgets([2.0, 4.0, 10.0, 1.8]) == pytest.approx((1.8, 4.54, 7.27, 10.0))
-    assert default_budgets([0.12345, 0.2]) == pytest.approx((0.124, 0.149, 0.175, 0.2))
+    assert default_budgets([2.0, 4.0, 10.0, 1.8], n=4) == pytest.approx((1.8, 4.54, 7.27, 10.0))
+    assert default_budgets([0.12345, 0.2], n=4) == pytest.approx((0.124, 0.149, 0.175, 0.2))
+    assert default_budgets([2.0, 4.0, 10.0, 1.8]) == pytest.approx((1.8, 3.85, 5.9, 7.95, 10.0))  # 5 by default
     c = compare(OPS_FRONT, LATENCY_FRONT, TARGET, FakeMeasure(MEASURED))
     assert c.budgets == default_budgets(list(MEASURED.values()))
     assert c.picks()[0][1]["latency"].point.number == 10  # the fastest subnet fits the smallest budget
@@ -166,3 +167,30 @@ def test_the_share_of_the_latency_front_over_the_search_budget_is_reported(measu
     )
     plain = compare(OPS_FRONT, LATENCY_FRONT, TARGET, FakeMeasure(MEASURED))
     assert plain.to_json()["over_budget"] is None and "over the search's budget" not in report_text(plain)
+
+
+def test_other_trials_widen_the_ranking_but_not_the_fronts():
+    """Trials off both fronts are measured for the rank correlations only."""
+    measure = FakeMeasure({**MEASURED, 5: 3.0})
+    other = point(20, 5, 0.50, 170, 3.1)
+    c = compare(OPS_FRONT, LATENCY_FRONT, TARGET, measure, budgets=[10.0], others=[other])
+    assert c.ranking()["subnets"] == 6 and measure.calls[ARCHS[5]] == 1
+    assert [m.point.number for m in c.others] == [20]
+    assert all(m.point.number != 20 for front in c.fronts.values() for m in front)
+    assert c.to_json()["other_subnets"][0]["measured_ms"] == 3.0
+    assert "1 other trials" in report_text(c)
+
+
+def test_spans_and_whether_the_hypervolume_difference_exceeds_noise(comparison):
+    assert comparison.spans() == pytest.approx({"ops": 10.0 / 2.0, "latency": 10.0 / 1.8})
+    low, high = comparison.hypervolume_bounds()["latency"]
+    assert low < comparison.hypervolumes()["latency"] < high
+    assert comparison.hypervolume_verdict() == "latency front larger, beyond measurement noise"
+
+    class Noisy(FakeMeasure):
+        def __call__(self, arch: Arch) -> tuple[float, float]:
+            return super().__call__(arch)[0], 3.0  # a spread as large as the differences
+
+    noisy = compare(OPS_FRONT, LATENCY_FRONT, TARGET, Noisy(MEASURED), budgets=[10.0])
+    assert noisy.hypervolume_verdict() == "latency front larger, within measurement noise"
+    assert "within measurement noise" in report_text(noisy) and "spans 5.00x on the OPs front" in report_text(noisy)

@@ -17,6 +17,7 @@ before is compiled again and a rerun after a kill continues. The report is
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from hwnas.predictors.latency import LatencyPredictor
 from hwnas.predictors.metrics import accuracy, kendall_tau
 from hwnas.search.hypervolume import dominates, hypervolume
 from hwnas.search.points import Point
-from hwnas.search.study import SearchSettings, existing_storage, front, load_study
+from hwnas.search.study import SearchSettings, existing_storage, finished, front, load_study, trial_point
 from hwnas.targets.network_timings import measure_networks
 from hwnas.targets.session import DEFAULT_TIMING, Timing
 from hwnas.targets.target import load_target
@@ -40,7 +41,9 @@ ACCURACY_REF = 0.0
 LATENCY_REF_FACTOR = 1.1
 """Hypervolume reference latency, as a multiple of the slowest measured subnet of both fronts, so the
 slowest subnets still add a (small) area."""
-DEFAULT_BUDGETS = 4
+DEFAULT_BUDGETS = 5
+OTHER_SUBNETS = 12
+"""Trials off both fronts measured too, so the rank correlations span more of the space than the fronts."""
 FRONTS = {"ops": ("OPs front", "C0", "o", (4, 4)), "latency": ("latency front", "C1", "s", (4, -10))}
 """Front key -> (label, matplotlib colour, marker, trial-number offset in points: apart for a shared subnet)."""
 ROW = ("trial", "accuracy", "OPs M", "predicted ms", "measured ms")
@@ -99,6 +102,8 @@ class Comparison:
     """The latency study's budget (None: it had none)."""
     margin: float | None = None
     """The factor its predictor's predictions were multiplied by before being held to that budget."""
+    others: tuple[MeasuredPoint, ...] = ()
+    """Other trials of both studies, measured for the rank correlations only."""
 
     def over_budget(self) -> dict[str, Any] | None:
         """How many latency-front subnets measure over the search's budget (None without a budget)."""
@@ -141,16 +146,42 @@ class Comparison:
         """Per budget, each front's most accurate subnet that fits it."""
         return [(b, {name: best_within(front, b) for name, front in self.fronts.items()}) for b in self.budgets]
 
-    def distinct(self) -> tuple[MeasuredPoint, ...]:
-        """One point per distinct deployed subnet over both fronts (the OPs front's when shared)."""
+    def distinct(self, others: bool = False) -> tuple[MeasuredPoint, ...]:
+        """One point per distinct deployed subnet over both fronts (the OPs front's when shared), and
+        over the other measured trials too with ``others``."""
         seen: dict[Arch, MeasuredPoint] = {}
-        for m in self.ops + self.latency:
+        for m in self.ops + self.latency + (self.others if others else ()):
             seen.setdefault(m.point.deployed, m)
         return tuple(seen.values())
 
+    def spans(self) -> dict[str, float]:
+        """Per front, its slowest measured subnet's latency over its fastest's."""
+        return {
+            name: max(by_measured(m) for m in f) / min(by_measured(m) for m in f) for name, f in self.fronts.items()
+        }
+
+    def hypervolume_bounds(self) -> dict[str, tuple[float, float]]:
+        """Per front, its hypervolume with every subnet at its measured latency plus, and minus, half
+        its spread: how far measurement noise alone moves it."""
+
+        def at(front: tuple[MeasuredPoint, ...], sign: float) -> float:
+            points = [(m.point.accuracy, m.measured_ms + sign * m.spread_ms / 2) for m in front]
+            return hypervolume(points, self.reference)
+
+        return {name: (at(front, 1.0), at(front, -1.0)) for name, front in self.fronts.items()}
+
+    def hypervolume_verdict(self) -> str:
+        """Which front's hypervolume is larger, and whether the difference exceeds measurement noise."""
+        hv, bounds = self.hypervolumes(), self.hypervolume_bounds()
+        better, worse = ("latency", "ops") if hv["latency"] >= hv["ops"] else ("ops", "latency")
+        if bounds[better][0] > bounds[worse][1]:
+            return f"{better} front larger, beyond measurement noise"
+        return f"{better} front larger, within measurement noise"
+
     def ranking(self) -> dict[str, Any]:
-        """How OPs and the predictor rank measured latency, and the predictor's error, over distinct subnets."""
-        subnets = self.distinct()
+        """How OPs and the predictor rank measured latency, and the predictor's error, over every
+        distinct measured subnet (both fronts and the other measured trials)."""
+        subnets = self.distinct(others=True)
         predicted = [m for m in subnets if m.predicted_ms is not None]
         return {
             "subnets": len(subnets),
@@ -171,6 +202,10 @@ class Comparison:
                 for b, picks in self.picks()
             ],
             **self.ranking(),
+            "other_subnets": [m.to_json() for m in self.others],
+            "spans": self.spans(),
+            "hypervolume_bounds": {name: list(bounds) for name, bounds in self.hypervolume_bounds().items()},
+            "hypervolume_verdict": self.hypervolume_verdict(),
             "over_budget": self.over_budget(),
         }
 
@@ -195,6 +230,7 @@ def compare(
     budgets: Sequence[float] | None = None,
     search_budget_ms: float | None = None,
     margin: float | None = None,
+    others: Sequence[Point] = (),
 ) -> Comparison:
     """Measure every distinct deployed subnet of both fronts once with ``measure`` (deployed arch ->
     (median ms, spread ms)) and compare the fronts on ``target``; ``budgets`` default to
@@ -214,10 +250,10 @@ def compare(
             out.append(MeasuredPoint(p, p.latency_ms.get(target), *measured[p.deployed]))
         return tuple(out)
 
-    ops, latency = on_target(ops_front), on_target(latency_front)
+    ops, latency, rest = on_target(ops_front), on_target(latency_front), on_target(others)
     if budgets is None:
         budgets = default_budgets([median for median, _ in measured.values()])
-    return Comparison(target, ops, latency, tuple(sorted(budgets)), search_budget_ms, margin)
+    return Comparison(target, ops, latency, tuple(sorted(budgets)), search_budget_ms, margin, rest)
 
 
 def default_studies(target: str) -> tuple[str, str]:
@@ -231,8 +267,10 @@ def compare_studies(
     studies: tuple[str, str] | None = None,
     storage: str | None = None,
     timing: Timing = DEFAULT_TIMING,
+    other_subnets: int = OTHER_SUBNETS,
 ) -> Comparison:
-    """Compare the front of an OPs study with the front of a latency study, measured on the target."""
+    """Compare the front of an OPs study with the front of a latency study, measured on the target,
+    with ``other_subnets`` seeded other trials of both studies measured for the rank correlations."""
     target = load_target(target_name)
     predictor = LatencyPredictor.load(target)
     store = existing_storage(run_dir, storage)
@@ -258,7 +296,12 @@ def compare_studies(
     if not ops_front or not lat_front:
         empty = ops_name if not ops_front else lat_name
         raise HwnasError(f"study {empty!r} has no feasible trial yet; search longer or loosen its budget")
-    measured = measure_networks(target, list({p.deployed: None for p in ops_front + lat_front}), resolution, timing)
+    on_fronts = {p.deployed for p in ops_front + lat_front}
+    rest = {p.deployed: p for s in (ops_study, lat_study) for p in map(trial_point, finished(s))}
+    rest = [p for arch, p in sorted(rest.items(), key=lambda kv: kv[1].number) if arch not in on_fronts]
+    others = priced(random.Random(0).sample(rest, min(other_subnets, len(rest))))
+    archs = list({p.deployed: None for p in ops_front + lat_front + others})
+    measured = measure_networks(target, archs, resolution, timing)
     return compare(
         ops_front,
         lat_front,
@@ -266,4 +309,5 @@ def compare_studies(
         lambda arch: (measured[arch].nominal_ms, measured[arch].spread_ms),
         search_budget_ms=lat_settings.budget_ms,
         margin=predictor.margin.factor,
+        others=others,
     )

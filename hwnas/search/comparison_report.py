@@ -29,7 +29,8 @@ def _verdict(c: Comparison) -> str:
         f"predicted for {c.target} ({len(c.latency)} subnets) were measured on {c.target} "
         f"({len(c.distinct())} distinct subnets). Of {len(c.budgets)} measured-latency budgets, the latency "
         f"front's best subnet within the budget is more accurate than the OPs front's at {signs.count(1)}, as "
-        f"accurate at {signs.count(0)} and less accurate at {signs.count(-1)} (no subnet within counts as least)."
+        f"accurate at {signs.count(0)} and less accurate at {signs.count(-1)} (no subnet within counts as least). "
+        f"Hypervolume in (accuracy, measured latency): {c.hypervolume_verdict()}."
     )
 
 
@@ -42,7 +43,10 @@ def _front_lines(c: Comparison) -> list[str]:
         n = len(c.fronts[name])
         return f"{round(share[name] * n)}/{n} ({share[name]:.0%})"
 
+    spans = c.spans()
     return [
+        f"Measured latency spans {spans['ops']:.2f}x on the OPs front and {spans['latency']:.2f}x on the "
+        "latency front.",
         f"Hypervolume in (accuracy, measured ms), reference ({acc_ref:g}, {lat_ref:.4g} ms): "
         f"OPs front {hv['ops']:.4g}, latency front {hv['latency']:.4g}{gain}.",
         f"OPs-front subnets dominated by a latency-front subnet: {count('ops')}; "
@@ -54,7 +58,8 @@ def _ranking_lines(c: Comparison) -> list[str]:
     ranking = c.ranking()
     predictor = ranking["predictor"]
     lines = [
-        f"Kendall tau against measured latency over {ranking['subnets']} distinct subnets: "
+        f"Kendall tau against measured latency over {ranking['subnets']} distinct subnets "
+        f"(both fronts and {len(c.others)} other trials): "
         f"OPs {_tau(ranking['ops_kendall_tau'])}, predictor {_tau(predictor.get('kendall_tau'))}."
     ]
     if predictor["n"]:
