@@ -55,3 +55,13 @@ def test_library_never_imports_the_cli_package():
         and re.search(r"^\s*(from|import) hwnas\.commands", path.read_text(), flags=re.M)
     ]
     assert offenders == []
+
+
+def test_missing_extra_is_one_line(monkeypatch, capsys, tmp_path):
+    """An optional extra that is not installed names the pip command instead of a traceback."""
+    from hwnas.cli import main
+
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # import fails as if not installed
+    assert main(["detect", "eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'hwnas[detect]'" in err

@@ -13,12 +13,21 @@ from pathlib import Path
 from hwnas.commands.output import add_json_flag, emit, log
 from hwnas.commands.train_cmds import metrics_text
 from hwnas.detect.config import DetectConfig
+from hwnas.errors import HwnasError
 from hwnas.train.checkpoint import check_resume
 from hwnas.train.config import add_override_flags, overrides, resolve
 from hwnas.train.distributed import is_main_process, set_threads
 from hwnas.train.run import load_run, resolve_for_resume
 
 DEFAULTS = DetectConfig()
+
+
+def _require_coco_tools() -> None:
+    """Detection reads and scores COCO data with pycocotools, an optional extra: one line if missing."""
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        raise HwnasError("hwnas detect needs pycocotools: pip install 'hwnas[detect]'") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    _require_coco_tools()
     from hwnas.detect.data import coco_tree
     from hwnas.detect.train import train_detector
 
@@ -70,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    _require_coco_tools()
     from hwnas.detect.data import coco_tree, open_split
     from hwnas.detect.evaluate import evaluate_detector
     from hwnas.detect.ops import detector_ops
@@ -104,6 +115,7 @@ def _ops_line(part: str, ops: dict[str, float]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    _require_coco_tools()
     from hwnas.detect.predict import draw, predict, read_image
     from hwnas.detect.store import load_detector
 
