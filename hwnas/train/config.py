@@ -49,7 +49,7 @@ class TrainConfig:
     val_per_class: int = 50  # ImageFolder: held-out search images per class, carved from train/
     workers: int = 0  # data-loading processes (0: in the main process, bit-exact resume)
     threads: int = 1  # torch intra-op threads per process (0: torch's default); docs/training.md
-    processes: int = 0  # data-parallel processes `hwnas train` spawns (0: one per core); not under torchrun
+    processes: int = 1  # data-parallel processes `hwnas train` spawns (0: one per core); docs/training.md
     checkpoint_minutes: float = 10.0  # also checkpoint this often within an epoch
     eval_every: int = 5  # epochs between validation of the largest and smallest subnets
     calib_batches: int = 8  # training batches for BatchNorm recalibration
