@@ -288,6 +288,43 @@ class Store:
             raise store_error(self.path, exc) from None
         return self._row(key, median, spread, len(samples_ms), when, reference_ms)
 
+    def set_reference(self, keys: Iterable[Key], reference_ms: float) -> None:
+        """Replace the reference of rows stored before their batch's closing reading (the driver's)."""
+        self._nominal = None  # the first batch's rows define it: read it again
+        where, params = self._current()
+        with self._db:
+            self._db.executemany(
+                f"UPDATE measurements SET reference_ms = ? WHERE {where}"
+                " AND kind = ? AND config = ? AND resolution = ?",
+                [(reference_ms, *params, k.kind, k.config, k.resolution) for k in keys],
+            )
+
+    def references(self) -> list[tuple[str, float]]:
+        """(measured at, reference ms) of every batch stored, oldest first: the device's speed over time."""
+        where, params = self._current()
+        rows = self._db.execute(
+            f"SELECT MIN(measured_at), reference_ms FROM measurements WHERE {where} AND reference_ms IS NOT NULL"
+            " GROUP BY reference_ms ORDER BY MIN(rowid)",
+            params,
+        )
+        return [(when, float(ms)) for when, ms in rows]
+
+    def discard(self, keys: Iterable[Key]) -> None:
+        """Remove the rows of ``keys`` (to measure them again: only ever on a private copy of a store)."""
+        where, params = self._current()
+        with self._db:
+            self._db.executemany(
+                f"DELETE FROM measurements WHERE {where} AND kind = ? AND config = ? AND resolution = ?",
+                [(*params, k.kind, k.config, k.resolution) for k in keys],
+            )
+
+    def copy_to(self, path: Path) -> None:
+        """A consistent copy of the whole file at ``path`` (SQLite's online backup)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as copy:
+            self._db.backup(copy)
+        copy.close()
+
     def get(self, key: Key) -> Measurement | None:
         """The measurement of ``key``, or None if it was never made."""
         where, params = self._current(key.kind)

@@ -24,7 +24,7 @@ def install(
 
     @contextlib.contextmanager
     def open_session(target: Any) -> Iterator[SimpleNamespace]:
-        yield SimpleNamespace(slow_windows=None)
+        yield SimpleNamespace(slow_windows=None, reference=None)
 
     def measure_of(label_of: Callable[..., str]) -> Callable[..., Callable]:
         def factory(session: Any, timing: Any = None, *rest: Any) -> Callable:

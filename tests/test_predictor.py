@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hwnas.cli import main
+from hwnas.errors import HwnasError
 from hwnas.predictors.evaluate import evaluate
 from hwnas.predictors.features import (
     FEATURE_SCHEMA_VERSION,
@@ -205,7 +206,7 @@ def test_a_save_that_dies_leaves_the_previous_predictor(trained):
     def dies(*args):
         raise OSError(28, "No space left on device")
 
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(OSError):
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(HwnasError, match="No space left"):
         mp.setattr("os.replace", dies)
         LatencyPredictor(predictor.model, Calibration(2.0, 0.0, 50), predictor.meta, predictor.margin).save()
     assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == [PREDICTOR_FILE]

@@ -45,7 +45,12 @@ def test_two_gloo_processes_stay_identical(tmp_path: Path) -> None:
         assert torch.equal(tensor, saved["model"][name]), name  # rank 0 wrote the checkpoint
         if "running_" not in name:  # BN statistics stay per process; parameters must agree
             assert torch.equal(tensor, ranks[1]["state"][name]), name
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.json", "splits.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        ".lock",
+        "checkpoint.pt",
+        "config.json",
+        "splits.json",
+    ]
 
 
 def test_spawned_workers_resume_exactly(tmp_path: Path) -> None:
