@@ -39,7 +39,7 @@ from hwnas.compile import tvm_targets
 from hwnas.compile.binconv import ConvShape, binary_conv2d
 from hwnas.compile.bitpack import pack_weights, packer_for
 from hwnas.compile.runner import batch_timer, build
-from hwnas.compile.timing import MIN_GFLOPS, Timing, check_baseline, torch_convs
+from hwnas.compile.timing import MIN_GFLOPS, CallTime, check_baseline, torch_convs
 from hwnas.errors import HwnasError
 from hwnas.space import NASBNN
 from hwnas.targets.configs import layer_configs
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, shapes: list[Shape], log) -> int:
     load_before = os.getloadavg()[0]
     # PyTorch first, alone, in a fresh process; TVM's pool in this one starts only afterwards
-    baseline: list[Timing] = torch_convs(shapes, args.threads, args.repeat, args.min_repeat_ms)
+    baseline: list[CallTime] = torch_convs(shapes, args.threads, args.repeat, args.min_repeat_ms)
     gflops = check_baseline(baseline, "the large shapes", args.min_gflops)
     threads = tvm_targets.set_num_threads(args.threads)
     described = {name: load_target(name) for name in TARGETS}

@@ -79,29 +79,18 @@ def profile_target(
         if any(left.values()):
             with store.exclusive(), open_session(target) as session:
                 reference = tvm_measures.reference_reader(session, timing)
-                if left["layers"]:
-                    measure = tvm_measures.layer_measure(session, timing)
-                    reports["layers"] = run_jobs(
-                        store,
-                        layer_jobs(configs, res, measure),
-                        progress,
-                        build_workers=HOST_CORES,
-                        reference=reference,
-                    )
-                if left["parts"]:
-                    measure = tvm_measures.part_measure(session, timing)
-                    reports["parts"] = run_jobs(
-                        store, part_jobs(parts, res, measure), progress, build_workers=HOST_CORES, reference=reference
-                    )
-                if left["networks"]:
-                    measure = tvm_measures.network_measure(session, timing, plan.space)
-                    reports["networks"] = run_jobs(
-                        store,
-                        network_jobs(archs, res, measure),
-                        progress,
-                        build_workers=HOST_CORES,
-                        reference=reference,
-                    )
+                jobs = {
+                    "layers": lambda: layer_jobs(configs, res, tvm_measures.layer_measure(session, timing)),
+                    "parts": lambda: part_jobs(parts, res, tvm_measures.part_measure(session, timing)),
+                    "networks": lambda: network_jobs(
+                        archs, res, tvm_measures.network_measure(session, timing, plan.space)
+                    ),
+                }
+                for kind, make_jobs in jobs.items():
+                    if left[kind]:
+                        reports[kind] = run_jobs(
+                            store, make_jobs(), progress, build_workers=HOST_CORES, reference=reference
+                        )
                 if session.slow_windows:
                     slow_batches, slow_s = session.slow_windows.slow_batches, session.slow_windows.slow_s
         return {

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from hwnas.compile.timing import (
     LARGE_MACS,
-    Timing,
+    CallTime,
     check_baseline,
     conv_macs,
     in_fresh_process,
@@ -39,8 +39,8 @@ def test_torch_convs_times_every_conv() -> None:
     assert all(0 < t.best_s <= t.median_s < 1 for t in timings)
 
 
-def _timing(gflops: float, macs: int) -> Timing:
-    return Timing(best_s=2 * macs / (gflops * 1e9), median_s=1.0, macs=macs)
+def _timing(gflops: float, macs: int) -> CallTime:
+    return CallTime(best_s=2 * macs / (gflops * 1e9), median_s=1.0, macs=macs)
 
 
 def test_baseline_check_judges_large_workloads_only() -> None:
@@ -56,7 +56,7 @@ def test_network_speed_flags_an_implausible_baseline(monkeypatch) -> None:
     from hwnas.compile import timing
     from hwnas.space import NASBNN
 
-    fast = timing.Timing(best_s=0.001, median_s=0.002)
+    fast = timing.CallTime(best_s=0.001, median_s=0.002)
     monkeypatch.setattr(timing, "tvm_library", lambda *args: fast)
     slow = _timing(2.0, 2 * timing.LARGE_NETWORK_MACS)
     monkeypatch.setattr(timing, "torch_network", lambda *args: slow)

@@ -46,7 +46,7 @@ Conv = tuple[int, int, int, int, int, int]  # (c_in, c_out, k, groups, stride, h
 
 
 @dataclass(frozen=True)
-class Timing:
+class CallTime:
     """Seconds per call: the best batch and the median batch, and what one call computes."""
 
     best_s: float
@@ -90,12 +90,12 @@ def conv_macs(conv: Conv) -> int:
     return out * out * c_out * (c_in // groups) * k * k
 
 
-def torch_convs(convs: list[Conv], threads: int, repeat: int = 15, min_repeat_ms: float = 10) -> list[Timing]:
+def torch_convs(convs: list[Conv], threads: int, repeat: int = 15, min_repeat_ms: float = 10) -> list[CallTime]:
     """``torch.nn.functional.conv2d`` float32 on each conv, timed in a fresh process."""
     return in_fresh_process(_torch_convs, convs, threads, repeat, min_repeat_ms)
 
 
-def _torch_convs(convs: list[Conv], threads: int, repeat: int, min_repeat_ms: float) -> list[Timing]:
+def _torch_convs(convs: list[Conv], threads: int, repeat: int, min_repeat_ms: float) -> list[CallTime]:
     import torch
     import torch.nn.functional as F
 
@@ -120,16 +120,16 @@ def _torch_convs(convs: list[Conv], threads: int, repeat: int, min_repeat_ms: fl
 
 def _retimed(
     fn: Callable[[], object], macs: int, repeat: int, min_repeat_ms: float, large_macs: int = 0, tries: int = 3
-) -> Timing:
+) -> CallTime:
     """The timing of ``fn``, taken again (up to ``tries`` times in all) while a workload of at
     least ``large_macs`` runs below ``MIN_GFLOPS``: a window when other jobs held the cores (under
     load, every OpenMP barrier waits for a descheduled thread, tens of ms on 2 vCPUs, and even a
     conv of a few MMACs runs above 20 GFLOP/s when it has the cores). Keeps the best of the tries."""
-    timing = Timing(*time_callable(fn, repeat, min_repeat_ms), macs)
+    timing = CallTime(*time_callable(fn, repeat, min_repeat_ms), macs)
     for _ in range(tries - 1):
         if macs < large_macs or timing.gflops >= MIN_GFLOPS:
             break
-        again = Timing(*time_callable(fn, repeat, min_repeat_ms), macs)
+        again = CallTime(*time_callable(fn, repeat, min_repeat_ms), macs)
         timing = min(timing, again, key=lambda t: t.best_s)
     return timing
 
@@ -142,12 +142,12 @@ def network_macs(arch: Arch, resolution: int, num_classes: int) -> int:
     return ops.flops + ops.int8ops + ops.bops
 
 
-def torch_network(arch: Arch, num_classes: int, resolution: int, threads: int, repeat: int = 20) -> Timing:
+def torch_network(arch: Arch, num_classes: int, resolution: int, threads: int, repeat: int = 20) -> CallTime:
     """The float32 PyTorch network of ``arch`` (``deploy.float_baseline``), batch 1, in a fresh process."""
     return in_fresh_process(_torch_network, arch, num_classes, resolution, threads, repeat)
 
 
-def _torch_network(arch: Arch, num_classes: int, resolution: int, threads: int, repeat: int) -> Timing:
+def _torch_network(arch: Arch, num_classes: int, resolution: int, threads: int, repeat: int) -> CallTime:
     import torch
 
     from hwnas.compile.deploy import float_baseline  # imports TVM, whose pool starts only with a kernel
@@ -161,12 +161,12 @@ def _torch_network(arch: Arch, num_classes: int, resolution: int, threads: int, 
         return _retimed(lambda: net(x), macs, repeat, 50, LARGE_NETWORK_MACS)
 
 
-def tvm_library(path: str | Path, resolution: int, threads: int, repeat: int = 20) -> Timing:
+def tvm_library(path: str | Path, resolution: int, threads: int, repeat: int = 20) -> CallTime:
     """A compiled network library (``deploy.export``) on a random image, batch 1, in a fresh process."""
     return in_fresh_process(_tvm_library, str(path), resolution, threads, repeat)
 
 
-def _tvm_library(path: str, resolution: int, threads: int, repeat: int) -> Timing:
+def _tvm_library(path: str, resolution: int, threads: int, repeat: int) -> CallTime:
     from hwnas.compile import tvm_targets
 
     tvm_targets.set_num_threads(threads)
@@ -174,11 +174,11 @@ def _tvm_library(path: str, resolution: int, threads: int, repeat: int) -> Timin
 
     image = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution), dtype=np.float32)
     samples = CompiledNet.load(path).time_samples_ms(image, repeat)
-    return Timing(min(samples) / 1e3, statistics.median(samples) / 1e3)
+    return CallTime(min(samples) / 1e3, statistics.median(samples) / 1e3)
 
 
 def check_baseline(
-    timings: list[Timing], what: str, minimum: float = MIN_GFLOPS, large_macs: int = LARGE_MACS
+    timings: list[CallTime], what: str, minimum: float = MIN_GFLOPS, large_macs: int = LARGE_MACS
 ) -> float | None:
     """The median GFLOP/s of the large workloads (at least ``large_macs``) among ``timings``, or
     None when there are none (small ones are bound by overheads, not arithmetic).
@@ -200,8 +200,8 @@ def check_baseline(
 class NetworkSpeed:
     """A compiled network against the float32 PyTorch network of the same architecture."""
 
-    tvm: Timing
-    torch: Timing
+    tvm: CallTime
+    torch: CallTime
     resolution: int
 
     @property
