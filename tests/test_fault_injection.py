@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import signal
 import sqlite3
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,25 +19,10 @@ from hwnas.train.loop import METRICS
 from hwnas.train.run import train_supernet
 from tests.conftest import tiny
 from tests.fake_device import install
+from tests.processes import kill_when
 from tests.test_train_resume import _assert_same
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = tiny(epochs=1, checkpoint_minutes=0.0)  # a checkpoint after every step: 19 steps
-
-
-def kill_when(argv: list[str], ready: Callable[[], bool], env: dict[str, str] | None = None) -> None:
-    """Start ``argv`` and SIGKILL it as soon as ``ready()``; it must not finish first."""
-    proc = subprocess.Popen(
-        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None and not ready():
-            time.sleep(0.02)
-        assert proc.poll() is None, f"{argv[3:5]} ended (exit {proc.returncode}) before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
 
 
 def _step(run_dir: Path) -> int:
