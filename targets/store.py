@@ -274,19 +274,31 @@ class Store:
     def add(self, key: Key, samples_ms: Sequence[float], reference_ms: float | None = None) -> Measurement:
         """Record one measurement (with the reference latency timed beside it) and commit; a key
         already present keeps its first measurement."""
-        median, spread = summarize(samples_ms)
+        return self._write([(key, samples_ms)], reference_ms, "INSERT OR IGNORE")[0]
+
+    def replace(self, rows: Sequence[tuple[Key, Sequence[float]]], reference_ms: float | None) -> None:
+        """Overwrite the rows of a batch timed again (the driver's), all in one transaction."""
+        self._write(rows, reference_ms, "INSERT OR REPLACE")
+
+    def _write(
+        self, rows: Sequence[tuple[Key, Sequence[float]]], reference_ms: float | None, verb: str
+    ) -> list[Measurement]:
         when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        row = (self.target, self.version, self.methods[key.kind], key.kind, key.config, key.resolution)
+        written = []
         try:
             with self._db:  # one transaction, committed on success
-                self._db.execute(
-                    "INSERT OR IGNORE INTO measurements (target, tvm_version, method, kind, config, resolution, "
-                    f"{_COLUMNS}, emulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, median, spread, len(samples_ms), when, reference_ms, int(self.emulated)),
-                )
+                for key, samples_ms in rows:
+                    median, spread = summarize(samples_ms)
+                    row = (self.target, self.version, self.methods[key.kind], key.kind, key.config, key.resolution)
+                    self._db.execute(
+                        f"{verb} INTO measurements (target, tvm_version, method, kind, config, resolution, "
+                        f"{_COLUMNS}, emulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*row, median, spread, len(samples_ms), when, reference_ms, int(self.emulated)),
+                    )
+                    written.append(self._row(key, median, spread, len(samples_ms), when, reference_ms))
         except sqlite3.Error as exc:  # locked past the timeout, a full disk, a damaged file
             raise store_error(self.path, exc) from None
-        return self._row(key, median, spread, len(samples_ms), when, reference_ms)
+        return written
 
     def set_reference(self, keys: Iterable[Key], reference_ms: float) -> None:
         """Replace the reference of rows stored before their batch's closing reading (the driver's)."""
