@@ -220,14 +220,14 @@ def test_batches_are_bracketed_by_reference_readings_and_read_in_nominal_units(s
     """Each row records the mean of the readings around its batch; the store reads rows relative to
     its first reference, so a batch timed while the device ran 2x slow comes out right."""
     configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 2]
-    readings = iter([3.9, 4.1, 8.2, 8.6])  # the second batch ran about twice as slow
+    readings = iter([3.9, 4.1, 8.2, 8.6, 8.3, 8.5])  # the second batch ran 2x slow, and again at the end
     second = set(configs[BUILD_CHUNK:])
 
     def measure(config):
         return lambda: [2.0 * 2.1 if config in second else 2.0]
 
     report = run_jobs(store, layer_jobs(configs, 224, measure), progress=False, reference=lambda: next(readings))
-    assert report.measured == len(configs) and report.to_json()["reference_ms"] == [3.9, 4.1, 8.2, 8.6]
+    assert report.measured == len(configs) and report.to_json()["reference_ms"] == [3.9, 4.1, 8.2, 8.6, 8.3, 8.5]
     rows = store.measurements("layer")
     assert store.nominal_reference_ms() == 4.0
     with Store(store.path, store.target, store.version) as again:  # another process reads the same units
@@ -257,6 +257,29 @@ def test_a_batch_whose_readings_disagree_is_timed_again(store):
     rows = store.measurements("layer")
     assert [m.median_ms for m in rows] == [4.0] * 3 and [m.reference_ms for m in rows] == pytest.approx([8.1] * 3)
     assert [m.nominal_ms for m in rows] == pytest.approx([4.0 * 8.1 / 8.1] * 3)  # the store's first reference
+
+
+def test_a_batch_timed_in_a_slow_state_is_timed_again_at_the_end_of_the_run(store):
+    """The device's slow states slow networks unevenly, so a batch whose readings agree but sit far
+    above the store's nominal reference is timed once more after the others, and its rows replaced."""
+    configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 2]
+    second = set(configs[BUILD_CHUNK:])
+    readings = iter([4.0, 4.0, 8.0, 8.0, 4.0, 4.1])  # the second batch in a 2x slow state, over by the end
+    calls: dict[LayerConfig, int] = {}
+
+    def measure(config):
+        def timer():
+            calls[config] = calls.get(config, 0) + 1
+            return [3.0 if config in second and calls[config] == 1 else 2.0]  # 1.5x slow, unlike the reference
+
+        return timer
+
+    report = run_jobs(store, layer_jobs(configs, 224, measure), progress=False, reference=lambda: next(readings))
+    assert report.measured == len(configs) and len(report.to_json()["reference_ms"]) == 6
+    rows = store.measurements("layer")
+    assert [m.median_ms for m in rows] == [2.0] * len(configs) and [calls[c] for c in configs[-2:]] == [2, 2]
+    assert [m.reference_ms for m in rows][-2:] == pytest.approx([4.05] * 2)
+    assert [m.nominal_ms for m in rows][-2:] == pytest.approx([2.0 * 4.0 / 4.05] * 2)
 
 
 def test_a_batch_that_never_settles_keeps_its_last_pass_and_the_median_reading(store):

@@ -458,8 +458,8 @@ def test_cli_profiles_networks_end_to_end_and_resumes(capsys):
     with Store.for_target(load_target("local")) as store:
         rows = store.measurements("network")
     assert [m.key.resolution for m in rows] == [32, 32] and all(m.median_ms > 0 and m.repeats == 3 for m in rows)
-    # the reference network was timed before and after the batch (and once more when the two disagree)
-    assert len(first["runs"]["networks"]["reference_ms"]) in (2, 3) and all(m.reference_ms > 0 for m in rows)
+    # the reference network was timed before and after the batch (and again when the two disagree)
+    assert len(first["runs"]["networks"]["reference_ms"]) >= 2 and all(m.reference_ms > 0 for m in rows)
     assert {Arch.from_json(m.key.config_json()) for m in rows} == set(sample_networks(NASBNN, 2, 0))
 
 
