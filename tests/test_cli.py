@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from hwnas.cli import main
+from hwnas.cli import build_parser, main
 from hwnas.commands.pipeline import PROFILE_NETWORKS
 from hwnas.space import NASBNN
+from tests.processes import kill_when
 from tests.synthetic import fill_store
-from tests.test_fault_injection import kill_when
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -81,8 +81,18 @@ def test_pipeline_runs_and_reuses_finished_steps(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
     fill_store("local", networks=PROFILE_NETWORKS)
     out = tmp_path / "out"
-    argv = ["pipeline", "--out", str(out), "--epochs", "1", "--width-mult", "0.125", "--resolution", "16"]
-    argv += ["--num-random", "0", "--profile-networks", str(PROFILE_NETWORKS), "--search-trials", "3", "--json"]
+    argv = ["pipeline", "--out", str(out), "--data", "digits", "--epochs", "1", "--width-mult", "0.125"]
+    argv += [
+        "--resolution",
+        "16",
+        "--num-random",
+        "0",
+        "--profile-networks",
+        str(PROFILE_NETWORKS),
+        "--search-trials",
+        "3",
+        "--json",
+    ]
     kill_when([sys.executable, "-m", "hwnas", *argv], lambda: (out / "search-ops.json").exists())
     code, stdout, err = run(capsys, *argv)
     data = json.loads(stdout)
@@ -101,6 +111,21 @@ def test_pipeline_runs_and_reuses_finished_steps(capsys, tmp_path, monkeypatch):
     assert code == 0 and again["eval"] == data["eval"] and set(again["step_seconds"]) == {"compare"}
     assert again["compare"]["fronts"] == data["compare"]["fronts"]  # measurements reused from the store
     assert "[train] done before" in err and "[search-latency] done before" in err
+
+
+def test_pipeline_trains_on_clutter_unless_told_otherwise(tmp_path):
+    """The main job's task is the one with headroom, at its own budget; a flag or the file may name another."""
+    from hwnas.commands.pipeline import _train_overrides
+    from hwnas.train.config import resolve
+
+    args = build_parser().parse_args(["pipeline"])
+    assert _train_overrides(args) == {"data": "clutter"}
+    config = resolve(None, _train_overrides(args))
+    assert (config.data, config.epochs, config.warmup_epochs) == ("clutter", 5, 0.2)
+    assert _train_overrides(build_parser().parse_args(["pipeline", "--data", "digits"])) == {"data": "digits"}
+    (tmp_path / "c.toml").write_text('data = "digits"\nepochs = 2\n')
+    args = build_parser().parse_args(["pipeline", "--config", str(tmp_path / "c.toml")])
+    assert _train_overrides(args) == {} and resolve(args.config, {}).epochs == 2
 
 
 def test_module_entry_point():

@@ -6,7 +6,8 @@ reuses a step only when that record is complete and still holds: same flags, sam
 output file present and unchanged; otherwise the step runs again, and so does every step that
 read from it (the training, profiling and search steps resume their own partial work). ``OUT``
 is locked while a pipeline runs. The steps:
-1. ``train``: the supernet on the built-in digits data;
+1. ``train``: the supernet on the built-in ``clutter`` data (digits under clutter: accuracy grows
+   with capacity, so the fronts have something to trade; ``--data digits`` is the quick one);
 2. ``eval``: the largest, the smallest and 20 random subnets on the test split, BN recalibrated;
 3. ``profile``: the local target's layer kernels, stem, head and a few whole subnets (224x224);
 4. ``predictor``: fit the local target's latency predictor and evaluate it on held-out measurements;
@@ -37,9 +38,11 @@ from hwnas.locks import dir_lock
 from hwnas.targets.plan import DEFAULT_NETWORKS
 from hwnas.targets.target import load_target
 from hwnas.train.checkpoint import FILENAME
-from hwnas.train.config import add_override_flags, overrides, resolve
+from hwnas.train.config import add_override_flags, load_toml, overrides, resolve
 from hwnas.train.run import load_run, read_config, resolve_for_resume, train_supernet
 
+DATA = "clutter"
+"""The pipeline's task: on digits nearly every subnet is as accurate as the largest (docs/training.md)."""
 RANDOM_SUBNETS = 20
 TARGET = "local"
 PROFILE_NETWORKS = DEFAULT_NETWORKS
@@ -58,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--search-trials", type=int, default=SEARCH_TRIALS, help="trials per search (default 100)")
     add_override_flags(p)
+    next(a for a in p._actions if a.dest == "data").help = f"(default {DATA}: the task with headroom)"
     add_json_flag(p)
     p.set_defaults(func=cmd_pipeline)
 
@@ -151,7 +155,7 @@ def _files(*paths: Path) -> list[Path]:
 
 
 def _train(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    cli = overrides(args)
+    cli = _train_overrides(args)
     if (run_dir / FILENAME).exists():
         config = resolve_for_resume(run_dir, cli, args.config)
         if load_run(run_dir).epochs_done < config.epochs:
@@ -188,6 +192,35 @@ def _profile(networks: int) -> dict[str, Any]:
     result = profile_target(load_target(TARGET), Plan(networks=networks))
     check_complete(result)  # a profile with failed jobs is not a finished step: the rerun retries them
     return result
+
+
+def _search_lines(data: dict[str, Any]) -> list[str]:
+    """Per search: its budget, why, and the share of trials it excluded."""
+    lines = []
+    for objective in ("ops", "latency"):
+        result = data[f"search-{objective}"]
+        infeasible = result["trials"] - result["feasible"]
+        lines.append(
+            f"{objective} search: {infeasible}/{result['trials']} trials over its budget "
+            f"({infeasible / max(result['trials'], 1):.0%}); budget {result['budget']['why']}"
+        )
+    return lines
+
+
+def _compare_lines(compare: dict[str, Any]) -> list[str]:
+    """The comparison's headline figures: front spans, rank correlations over every measured subnet, verdict."""
+    spans, predictor = compare["spans"], compare["predictor"]
+    tau = predictor.get("kendall_tau")
+    lines = [
+        f"measured latency spans {spans['ops']:.2f}x (OPs front) and {spans['latency']:.2f}x (latency front)",
+        f"Kendall tau with measured latency over {compare['subnets']} measured subnets: "
+        f"OPs {compare['ops_kendall_tau']:.2f}, predictor {'-' if tau is None else f'{tau:.2f}'}",
+        f"hypervolume: {compare['hypervolume_verdict']}",
+    ]
+    over = compare.get("over_budget")
+    if over:
+        lines.append(f"latency-front subnets measured over budget: {over['over']}/{over['n']}")
+    return lines
 
 
 def _fit() -> dict[str, Any]:
@@ -301,7 +334,15 @@ def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
             text = args.config.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise HwnasError(f"cannot read the config file {args.config}: {exc}") from None
-    return {"overrides": overrides(args), "config_file": text}
+    return {"overrides": _train_overrides(args), "config_file": text}
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's config keys, with the pipeline's own data unless a flag or the file names one."""
+    cli = overrides(args)
+    if "data" not in cli and (args.config is None or "data" not in load_toml(args.config)):
+        cli["data"] = DATA
+    return cli
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -357,6 +398,7 @@ def _pipeline(args: argparse.Namespace) -> None:
     text = f"test top-1: largest {accuracy['largest']:.3f}, smallest {accuracy['smallest']:.3f}, "
     text += f"mean of {accuracy['random']['n']} random {accuracy['random']['mean']:.3f}\n\n"
     text += table(("winner", "TVM ms", "torch fp32 ms", "speedup", "verified"), rows)
+    text += "\n\n" + "\n".join(_search_lines(data)) + "\n" + "\n".join(_compare_lines(data["compare"]))
     text += f"\n\nOPs vs latency: {data['compare']['report']}"
     text += f"\noutputs in {out}; step times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
     emit(args, data, text)
