@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,13 @@ def _measure(name: str, predictor: LatencyPredictor, archs: list[Arch], res: int
     }
 
 
+def holdout_alone(name: str, n: int, seed: int) -> dict:
+    """:func:`holdout` in a fresh process: TVM sizes its thread pool once per process, so a second
+    target with another thread count (``local-1t`` then ``x86-avx2``) would run on the first's."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(holdout, name, n, seed).result()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", action="append", default=None, help="target (repeat; default local)")
@@ -133,7 +142,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     n = 20 if args.quick else args.n
-    results = [holdout(name, n, args.seed) for name in args.target or ["local"]]
+    results = [holdout_alone(name, n, args.seed) for name in args.target or ["local"]]
     if args.json:
         print(json.dumps({"n": n, "seed": args.seed, "targets": results}))
         return
