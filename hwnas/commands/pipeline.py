@@ -154,8 +154,8 @@ def _files(*paths: Path) -> list[Path]:
     return found
 
 
-def _train(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    cli = _train_overrides(args)
+def _train(run_dir: Path, args: argparse.Namespace, cli: dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume) the supernet with ``cli``, the step's recorded overrides."""
     if (run_dir / FILENAME).exists():
         config = resolve_for_resume(run_dir, cli, args.config)
         if load_run(run_dir).epochs_done < config.epochs:
@@ -355,8 +355,12 @@ def _pipeline(args: argparse.Namespace) -> None:
     run_dir, steps = out / "supernet", Steps(out)
     started = time.perf_counter()
     data: dict[str, Any] = {"out": str(out)}
+    train_flags = _train_flags(args)
     data["train"] = steps.run(
-        "train", lambda: _train(run_dir, args), _train_flags(args), outputs=lambda r: [run_dir / FILENAME]
+        "train",
+        lambda: _train(run_dir, args, train_flags["overrides"]),
+        train_flags,
+        outputs=lambda r: [run_dir / FILENAME],
     )
     data["eval"] = steps.run("eval", lambda: _evaluate(run_dir), after=("train",))
     data["profile"] = steps.run("profile", lambda: _profile(args.profile_networks), {"networks": args.profile_networks})
