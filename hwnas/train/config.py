@@ -21,6 +21,7 @@ from hwnas.files import atomic_write_text
 
 TEACHERS = ("fwba", "bwba", "fwfa")
 CONVENTIONS = ("hwnas", "nasbnn")
+PARALLEL = ("auto", "subnets", "data")  # hwnas.train.subnet_parallel
 Config = TypeVar("Config")
 
 
@@ -49,7 +50,8 @@ class TrainConfig:
     val_per_class: int = 50  # ImageFolder: held-out search images per class, carved from train/
     workers: int = 0  # data-loading processes (0: in the main process, bit-exact resume)
     threads: int = 1  # torch intra-op threads per process (0: torch's default); docs/training.md
-    processes: int = 1  # data-parallel processes `hwnas train` spawns (0: one per core); docs/training.md
+    processes: int = 0  # processes `hwnas train` spawns (0: one per core, at most one per subnet of a step)
+    parallel: str = "auto"  # what processes split: subnets, data (the batch, DDP), auto; docs/training.md
     checkpoint_minutes: float = 10.0  # also checkpoint this often within an epoch
     eval_every: int = 5  # epochs between validation of the largest and smallest subnets
     calib_batches: int = 8  # training batches for BatchNorm recalibration
@@ -76,6 +78,8 @@ class TrainConfig:
         if self.convention not in CONVENTIONS:
             raise HwnasError(f"{where}: convention must be one of {list(CONVENTIONS)}, got {self.convention!r}")
         at_least_one(self, ("epochs", "batch_size", "resolution", "base_batch", "calib_batches", "eval_every"), where)
+        if self.parallel not in PARALLEL:
+            raise HwnasError(f"{where}: parallel must be one of {list(PARALLEL)}, got {self.parallel!r}")
         if self.processes < 0:
             raise HwnasError(f"{where}: processes must be 0 (one per core) or more, got {self.processes}")
         if not 0 < self.width_mult <= 1:

@@ -37,6 +37,7 @@ from hwnas.files import atomic_write_text
 from hwnas.train.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from hwnas.train.distributed import Dist, barrier
 from hwnas.train.optim import build_optimizer, build_scheduler
+from hwnas.train.subnet_parallel import sum_gradients
 
 _log = logging.getLogger(__name__)
 
@@ -130,17 +131,24 @@ def train_loop(
     d: Dist,
     resume: bool,
     prepare: Callable[[], None] | None = None,
+    split_subnets: bool = False,
 ) -> dict:
     """Train ``objective`` as configured, checkpointing into ``run_dir``; returns the last metrics.
+
+    With several processes the batch is split over them (DDP), or, with ``split_subnets``, every
+    process reads the whole batch and runs its share of the step's subnets
+    (:mod:`hwnas.train.subnet_parallel`; the objective's ``forward`` takes ``share``).
 
     ``prepare`` writes the run's own files (its config, ...) on the main process, called once
     everything is checked: on resume, only after the checkpoint has loaded into this config's
     model, so a resume that does not fit leaves every file of the run as it was.
     """
-    if config.batch_size % d.world:
+    split = split_subnets and d.world > 1
+    reader = Dist(0, 1, d.device) if split else d  # whose share of each batch this process reads
+    if config.batch_size % reader.world:
         raise HwnasError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
-    batch = config.batch_size // d.world
-    steps_per_epoch = len(epoch_indices(data.train, config, d, 0)) // batch
+    batch = config.batch_size // reader.world
+    steps_per_epoch = len(epoch_indices(data.train, config, reader, 0)) // batch
     if steps_per_epoch == 0:
         raise HwnasError(f"the training split has fewer than {config.batch_size} images; lower batch_size")
     trainable = objective.trainable.to(d.device)  # before the optimizer, so its state lives on the device
@@ -167,7 +175,7 @@ def train_loop(
         if resume:
             _log.info(f"resuming {run_dir} at epoch {pos.epoch + 1}, step {pos.step} ({pos.global_step} steps done)")
     model = objective
-    if d.world > 1:
+    if d.world > 1 and not split:
         ids = [d.device.index] if d.device.type == "cuda" else None
         model = DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
 
@@ -190,7 +198,7 @@ def train_loop(
     last = {}
     last_save = time.monotonic()
     while pos.epoch < config.epochs:
-        indices = epoch_indices(data.train, config, d, pos.epoch)[pos.step * batch : steps_per_epoch * batch]
+        indices = epoch_indices(data.train, config, reader, pos.epoch)[pos.step * batch : steps_per_epoch * batch]
         loader = DataLoader(
             data.train,
             batch_size=batch,
@@ -207,15 +215,14 @@ def train_loop(
         )
         for x, y in loader:
             trainable.train()
-            loss, parts = model(to_device(x, d.device), to_device(y, d.device), objective.plan())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, parts = forward_backward(model, objective, to_device(x, d.device), to_device(y, d.device), d, split)
             optimizer.step()
             scheduler.step()
             pos.step += 1
             pos.global_step += 1
             steps += 1
-            images += len(y) * d.world
+            images += len(y) * reader.world
             for key, value in {"loss": loss.detach(), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
             rate = images / (time.perf_counter() - start)
@@ -254,6 +261,27 @@ def train_loop(
         last_save = time.monotonic()
     barrier(d)
     return last
+
+
+def forward_backward(
+    model: nn.Module, objective: Any, x: Any, y: Any, d: Dist, split: bool
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One step's loss and its parts, back-propagated: by ``model`` (the objective, or DDP around
+    it), or, with ``split``, by this process's share of the subnets, the gradients then summed."""
+    if not split:
+        loss, parts = model(x, y, objective.plan())
+        loss.backward()
+        return loss, parts
+    loss, parts = objective(x, y, objective.plan(), share=(d.rank, d.world))
+    loss.backward()
+    return _summed(objective.trainable, loss, parts)
+
+
+def _summed(trainable: nn.Module, loss: Tensor, parts: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Gradients, loss and loss parts summed over the processes that split the step's subnets."""
+    keys = sorted(parts)
+    total = sum_gradients(trainable, torch.stack([loss.detach(), *(parts[k] for k in keys)]))
+    return total[0], dict(zip(keys, total[1:], strict=True))
 
 
 def _misfit(path: Path, saved: dict | None, now: dict) -> str:

@@ -26,6 +26,7 @@ from hwnas.train.evaluate import preload, stream
 from hwnas.train.init import init_thresholds
 from hwnas.train.loop import LoopData, train_loop
 from hwnas.train.sandwich import Sandwich
+from hwnas.train.subnet_parallel import tasks_per_step, use_subnets
 from hwnas.train.supernet import build_model, config_space
 
 _log = logging.getLogger(__name__)
@@ -111,10 +112,12 @@ def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> 
     The directory is locked while it trains (by this process: workers it spawns train under its
     lock); on resume its files are rewritten only once the checkpoint has loaded into the model of
     ``config`` (see :func:`hwnas.train.loop.train_loop`). Outside torchrun, ``config.processes``
-    (0: one per core) data-parallel workers are spawned here when that is more than one; the
-    supernet returned is then the one saved in ``run_dir``.
+    workers (0: one per core, no more than a step's subnets unless they split the data) are
+    spawned here when that is more than one; the supernet returned is then the one saved in
+    ``run_dir``. On CPUs they split each step's subnets by default (``parallel``,
+    :mod:`hwnas.train.subnet_parallel`).
     """
-    processes = config.processes or default_processes()
+    processes = config.processes or _processes_per_core(config)
     if processes > 1 and not launched():
         with claim(run_dir, resume) as resume:
             metrics = spawn(_train_metrics, (config, run_dir, resume), processes)
@@ -122,6 +125,16 @@ def train_supernet(config: TrainConfig, run_dir: Path, resume: bool = False) -> 
     d = init_distributed(config.threads)
     with claim(run_dir, resume, main=d.main) as resume:
         return _train(config, run_dir, resume, d)
+
+
+def _tasks(config: TrainConfig) -> int:
+    return tasks_per_step(config.num_random, config.teacher == "bwba")
+
+
+def _processes_per_core(config: TrainConfig) -> int:
+    """One per core; when the processes split the subnets, no more than a step has."""
+    cores = default_processes()
+    return cores if config.parallel == "data" else min(cores, _tasks(config))
 
 
 def _train_metrics(config: TrainConfig, run_dir: Path, resume: bool) -> dict:
@@ -153,7 +166,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, d: Dist) -> tuple[B
         supernet.set_mode(config.teacher)
         init_thresholds(supernet, calib[0][0])
     data = LoopData(splits.train, calib, stream(splits.val, config.batch_size, config.workers))
-    return supernet, train_loop(objective, config, data, run_dir, d, resume, prepare if resume else None)
+    split = use_subnets(config.parallel, d.world, _tasks(config), d.device.type == "cuda")
+    return supernet, train_loop(objective, config, data, run_dir, d, resume, prepare if resume else None, split)
 
 
 def resolve_for_resume(run_dir: Path, cli: dict, file: Path | None, base: Config = DEFAULTS) -> Config:

@@ -7,7 +7,9 @@ subnets, each with KL(teacher || student) on the teacher's detached soft labels 
 on the labels when distillation is off). Without the BWBA largest student the deployable largest
 subnet was never trained, only its full-precision-weight teacher: on digits it scored 32 % while
 the smallest scored 67 %. The losses are summed and back-propagated
-once. All of it is one ``forward`` so DDP wraps the step as a whole (see :mod:`hwnas.train.loop`).
+once. All of it is one ``forward``, so DDP wraps the step as a whole (see :mod:`hwnas.train.loop`),
+or several processes each run a share of its subnets on the whole batch (``share``,
+:mod:`hwnas.train.subnet_parallel`: the default on CPUs).
 
 The batch runs in channels-last memory format: oneDNN's convolutions then skip reordering every
 activation to their blocked layout and back, and a sandwich step on digits is about 9 % faster
@@ -20,6 +22,7 @@ import random
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,6 +31,7 @@ from hwnas.model import BinaryNet, Mode
 from hwnas.space import SearchSpace
 from hwnas.train.config import TrainConfig
 from hwnas.train.evaluate import evaluate_subnet
+from hwnas.train.subnet_parallel import assign, step_costs
 
 
 def distill_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -58,25 +62,50 @@ class Sandwich(nn.Module):
         version, internal, gauss = state
         self.rng.setstate((version, tuple(internal), gauss))
 
-    def forward(self, x: Tensor, y: Tensor, plan: list[Arch]) -> tuple[Tensor, dict[str, Tensor]]:
+    splits_subnets = True  # forward takes ``share``: hwnas.train.subnet_parallel
+
+    def forward(
+        self, x: Tensor, y: Tensor, plan: list[Arch], share: tuple[int, int] = (0, 1)
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The step's summed loss and its parts; with ``share = (rank, world)``, only the subnets
+        of this process (:mod:`hwnas.train.subnet_parallel`), the other parts zero."""
+        rank, world = share
         net = self.trainable
         x = x.contiguous(memory_format=torch.channels_last)
-        net.set_active(plan[0])
-        net.set_mode(self.teacher_mode)
-        teacher = net(x)
-        teacher_loss = F.cross_entropy(teacher, y)
-        net.set_mode(Mode.BWBA)
         students = plan if self.teacher_mode is not Mode.BWBA else plan[1:]
+        owner = assign(step_costs([plan[0], *students], x.shape[-1], net.num_classes), world)
+        zero = x.new_zeros(())
+        parts = {"loss_teacher": zero, "loss_largest": zero, "loss_smallest": zero}
+        teacher_loss, soft, sent = zero, None, None
+        if rank == 0:
+            net.set_active(plan[0])
+            net.set_mode(self.teacher_mode)
+            teacher = net(x)
+            teacher_loss = F.cross_entropy(teacher, y)
+            parts["loss_teacher"] = teacher_loss.detach()
+            soft = teacher.detach()
+            if world > 1:
+                sent = dist.broadcast(soft, 0, async_op=True)
+        net.set_mode(Mode.BWBA)
+        outputs = []
+        for i, arch in enumerate(students):
+            if owner[i + 1] == rank:
+                net.set_active(arch)
+                outputs.append((i, net(x)))
+        if sent is not None:
+            sent.wait()
+        elif world > 1:
+            soft = x.new_empty(len(x), net.num_classes)
+            dist.broadcast(soft, 0)
         student_losses = []
-        for arch in students:
-            net.set_active(arch)
-            out = net(x)
-            student_losses.append(distill_loss(out, teacher) if self.config.distill else F.cross_entropy(out, y))
-        parts = {"loss_teacher": teacher_loss.detach()}
-        if self.teacher_mode is not Mode.BWBA:
-            parts["loss_largest"] = student_losses[0].detach()
-        if len(plan) > 1:
-            parts["loss_smallest"] = student_losses[len(students) - len(plan) + 1].detach()
+        for i, out in outputs:
+            loss = distill_loss(out, soft) if self.config.distill else F.cross_entropy(out, y)
+            student_losses.append(loss)
+            position = len(plan) - len(students) + i  # in the plan: 0 the largest, 1 the smallest
+            if position < 2:
+                parts[("loss_largest", "loss_smallest")[position]] = loss.detach()
+        if self.teacher_mode is Mode.BWBA:
+            del parts["loss_largest"]
         return teacher_loss + sum(student_losses), parts
 
     def evaluate(self, calib: list, val: list) -> dict[str, float]:
