@@ -1,9 +1,10 @@
 """Process groups: ``torchrun``'s (gloo on CPU, nccl on GPUs), or gloo workers that ``hwnas train``
 spawns itself (:func:`spawn`) to use every core of a CPU machine.
 
-On a 2-core CPU, two data-parallel processes of one thread each step faster than one process
-with one or two threads (docs/performance.md): a process's single thread keeps its core busy,
-where two OpenMP threads of one process wait at every barrier for a descheduled partner.
+On a 2-core CPU, two processes of one thread each step faster than one process with one or two
+threads (docs/performance.md): a process's single thread keeps its core busy, where two OpenMP
+threads of one process wait at every barrier for a descheduled partner. What the processes split,
+the batch or each step's subnets, is :mod:`hwnas.train.loop`'s business.
 """
 
 from __future__ import annotations
