@@ -138,6 +138,18 @@ def test_to_json_round_trips(comparison):
     assert data["budgets"][1]["latency"]["measured_ms"] == 1.8
 
 
+def test_budget_picks_count_a_difference_only_beyond_the_accuracy_noise(measure):
+    exact = compare(OPS_FRONT, LATENCY_FRONT, TARGET, measure, budgets=[10.0, 1.5, 2.0, 5.0])
+    assert exact.pick_outcomes() == {"more": 2, "within_noise": 2, "less": 0}  # +0.02 and +0.06 count
+    measured = compare(OPS_FRONT, LATENCY_FRONT, TARGET, measure, [10.0, 1.5, 2.0, 5.0], accuracy_images=2000)
+    assert measured.accuracy_noise(0.62, 0.60) == pytest.approx(0.0308, abs=1e-4)  # > 0.02: within noise
+    assert measured.pick_outcomes() == {"more": 1, "within_noise": 3, "less": 0}
+    few = compare(OPS_FRONT, LATENCY_FRONT, TARGET, measure, [10.0, 1.5, 2.0, 5.0], accuracy_images=100)
+    assert few.pick_outcomes() == {"more": 0, "within_noise": 4, "less": 0}  # 0.06 < 0.136 on 100 images
+    assert "within noise at 4 (less than two standard errors of accuracies on 100 validation" in report_text(few)
+    assert few.to_json()["budget_picks"] == {"more": 0, "within_noise": 4, "less": 0, "accuracy_images": 100}
+
+
 def test_text_and_report(comparison, tmp_path):
     text = report_text(comparison)
     assert "latency - ops acc" in text and "+0.020" in text and "2/3 (67%)" in text

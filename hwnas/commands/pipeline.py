@@ -217,6 +217,12 @@ def _compare_lines(compare: dict[str, Any]) -> list[str]:
         f"OPs {compare['ops_kendall_tau']:.2f}, predictor {'-' if tau is None else f'{tau:.2f}'}",
         f"hypervolume: {compare['hypervolume_verdict']}",
     ]
+    picks = compare.get("budget_picks")
+    if picks:
+        lines.append(
+            f"best subnet per measured budget, latency front vs OPs front: more accurate at {picks['more']}, "
+            f"within accuracy noise at {picks['within_noise']}, less accurate at {picks['less']}"
+        )
     over = compare.get("over_budget")
     if over:
         lines.append(f"latency-front subnets measured over budget: {over['over']}/{over['n']}")

@@ -104,6 +104,30 @@ class Comparison:
     """The factor its predictor's predictions were multiplied by before being held to that budget."""
     others: tuple[MeasuredPoint, ...] = ()
     """Other trials of both studies, measured for the rank correlations only."""
+    accuracy_images: int | None = None
+    """Validation images each accuracy was measured on (None: unknown, differences taken as exact)."""
+
+    def accuracy_noise(self, a: float, b: float) -> float:
+        """Two standard errors of the difference of two accuracies on ``accuracy_images`` images each,
+        taken as independent samples (conservative: both were measured on the same images)."""
+        if not self.accuracy_images:
+            return 0.0
+        n = self.accuracy_images
+        return 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+
+    def pick_outcomes(self) -> dict[str, int]:
+        """Per budget, whether the latency front's best subnet within it is more accurate than the OPs
+        front's beyond :meth:`accuracy_noise`, within it, or less; a front with no subnet within loses."""
+        outcomes = {"more": 0, "within_noise": 0, "less": 0}
+        for _, picks in self.picks():
+            lat, ops = picks["latency"], picks["ops"]
+            if lat is None or ops is None:
+                outcomes["within_noise" if lat is ops else "less" if lat is None else "more"] += 1
+                continue
+            a, b = lat.point.accuracy, ops.point.accuracy
+            diff, noise = a - b, self.accuracy_noise(a, b)
+            outcomes["more" if diff > noise else "less" if diff < -noise else "within_noise"] += 1
+        return outcomes
 
     def over_budget(self) -> dict[str, Any] | None:
         """How many latency-front subnets measure over the search's budget (None without a budget)."""
@@ -207,6 +231,7 @@ class Comparison:
             "hypervolume_bounds": {name: list(bounds) for name, bounds in self.hypervolume_bounds().items()},
             "hypervolume_verdict": self.hypervolume_verdict(),
             "over_budget": self.over_budget(),
+            "budget_picks": {**self.pick_outcomes(), "accuracy_images": self.accuracy_images},
         }
 
 
@@ -231,6 +256,7 @@ def compare(
     search_budget_ms: float | None = None,
     margin: float | None = None,
     others: Sequence[Point] = (),
+    accuracy_images: int | None = None,
 ) -> Comparison:
     """Measure every distinct deployed subnet of both fronts once with ``measure`` (deployed arch ->
     (median ms, spread ms)) and compare the fronts on ``target``; ``budgets`` default to
@@ -253,7 +279,7 @@ def compare(
     ops, latency, rest = on_target(ops_front), on_target(latency_front), on_target(others)
     if budgets is None:
         budgets = default_budgets([median for median, _ in measured.values()])
-    return Comparison(target, ops, latency, tuple(sorted(budgets)), search_budget_ms, margin, rest)
+    return Comparison(target, ops, latency, tuple(sorted(budgets)), search_budget_ms, margin, rest, accuracy_images)
 
 
 def default_studies(target: str) -> tuple[str, str]:
@@ -310,4 +336,15 @@ def compare_studies(
         search_budget_ms=lat_settings.budget_ms,
         margin=predictor.margin.factor,
         others=others,
+        accuracy_images=_validation_images(run_dir),
     )
+
+
+def _validation_images(run_dir: Path) -> int | None:
+    """How many images the studies' accuracies were measured on: the run's validation split."""
+    from hwnas.train.data import load_indices
+    from hwnas.train.run import SPLITS
+
+    if not (run_dir / SPLITS).exists():  # an imported run: no split of its own
+        return None
+    return len(load_indices(run_dir / SPLITS).get("val", [])) or None

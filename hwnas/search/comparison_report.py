@@ -5,7 +5,6 @@ Pure rendering of a :class:`hwnas.search.comparison.Comparison`; nothing is meas
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,18 +17,22 @@ REPORT, LATENCY_PNG, OPS_PNG = "report.md", "accuracy_vs_latency.png", "accuracy
 
 
 def _verdict(c: Comparison) -> str:
-    """What the comparison is and, per budget, whether the latency front's pick is more accurate."""
-
-    def acc(m: MeasuredPoint | None) -> float:
-        return m.point.accuracy if m else -math.inf
-
-    signs = [(acc(p["latency"]) > acc(p["ops"])) - (acc(p["latency"]) < acc(p["ops"])) for _, p in c.picks()]
+    """What the comparison is and, per budget, whether the latency front's pick is more accurate
+    beyond the accuracies' noise."""
+    outcome = c.pick_outcomes()
+    if c.accuracy_images:
+        noise = (
+            f"within noise at {outcome['within_noise']} (less than two standard errors of accuracies "
+            f"on {c.accuracy_images} validation images apart)"
+        )
+    else:
+        noise = f"as accurate at {outcome['within_noise']}"
     return (
         f"The Pareto front of a search with OPs as cost ({len(c.ops)} subnets) and of one with latency "
         f"predicted for {c.target} ({len(c.latency)} subnets) were measured on {c.target} "
         f"({len(c.distinct())} distinct subnets). Of {len(c.budgets)} measured-latency budgets, the latency "
-        f"front's best subnet within the budget is more accurate than the OPs front's at {signs.count(1)}, as "
-        f"accurate at {signs.count(0)} and less accurate at {signs.count(-1)} (no subnet within counts as least). "
+        f"front's best subnet within the budget is more accurate than the OPs front's at {outcome['more']}, "
+        f"{noise} and less accurate at {outcome['less']} (no subnet within counts as least). "
         f"Hypervolume in (accuracy, measured latency): {c.hypervolume_verdict()}."
     )
 
