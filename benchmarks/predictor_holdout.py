@@ -14,7 +14,8 @@ pass are printed too: nothing is dropped.
     python benchmarks/predictor_holdout.py [--target local ...] [--n 100 | --quick] [--seed 0] [--json]
 
 Prints per target ``within10: X``, ``within5: Y``, ``tau: Z``, ``mean signed error: W`` and the
-seconds it took (measuring included).
+seconds it took (measuring included); ``--json`` adds every point (arch, predicted and final
+measured ms) for analyses of one's own.
 """
 
 from __future__ import annotations
@@ -120,6 +121,10 @@ def _measure(name: str, predictor: LatencyPredictor, archs: list[Arch], res: int
         **figures(predicted, final),
         "first_pass": figures(predicted, measured),
         "remeasured": again,
+        "points": [
+            {"arch": arch.to_json(), "predicted_ms": float(p), "measured_ms": float(m)}
+            for arch, p, m in zip(archs, predicted, final, strict=True)
+        ],
         "margin": predictor.margin.factor,
         "over_margin": float(np.mean(final > predictor.margin.factor * predicted)),
         "seconds": round(time.monotonic() - start, 1),

@@ -104,3 +104,16 @@ def layer_features(configs: np.ndarray) -> np.ndarray:
         np.log(bops_group + bops_point),
     )
     return np.stack(columns, axis=1)
+
+
+def network_work(archs: Sequence[Arch], resolution: int) -> np.ndarray:
+    """Per subnet, the two costs that scale differently from one instruction set to another:
+    binary work (billions of binary MACs over the searched layers) and activation volume (millions
+    of input elements the searched layers read, pack and write back). One row per arch."""
+    configs, owner = arch_config_matrix(archs, resolution)
+    bops = layer_features(configs)[:, LAYER_FEATURES.index("bops")]
+    c_in, size_in = configs[:, 0].astype(np.float64), configs[:, CONFIG_FIELDS.index("size_in")].astype(np.float64)
+    return np.c_[
+        np.bincount(owner, weights=bops, minlength=len(archs)) / 1e9,
+        np.bincount(owner, weights=c_in * size_in * size_in, minlength=len(archs)) / 1e6,
+    ]

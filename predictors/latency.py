@@ -18,7 +18,8 @@ out by default), so ``fit`` and ``evaluate`` agree on the split without storing 
 networks also give the budget margin (:class:`Margin`, split-conformal).
 
 A predictor for a new device can reuse another target's layer model (``source``): only the
-calibration line, stem and head are then its own, learnt from a few whole networks.
+calibration, stem and head are then its own, learnt from a few whole networks; the calibration may
+add a term for binary work and one for activation volume (:meth:`Calibration.fit_transfer`).
 
 Saved as one file, ``<data dir>/predictors/<target>/predictor.json`` (metadata, calibration,
 margin and XGBoost's JSON model, with a SHA-256 of them), written atomically, so a reader sees the
@@ -51,6 +52,7 @@ from hwnas.predictors.features import (
     config_matrix,
     config_rows,
     layer_features,
+    network_work,
 )
 from hwnas.targets.configs import arch_parts
 from hwnas.targets.store import Key, Store, part_key
@@ -86,18 +88,31 @@ def is_holdout(key: Key, fraction: float) -> bool:
 
 @dataclass(frozen=True)
 class Calibration:
-    """network ms = slope * (sum of the layers' predicted ms) + intercept."""
+    """network ms = slope * (sum of the layers' predicted ms + stem + head) + intercept, plus, for a
+    layer model learnt on another device, ``per_gbop`` ms per billion binary MACs and ``per_mact``
+    ms per million activation elements (:func:`hwnas.predictors.features.network_work`)."""
 
     slope: float = 1.0
     intercept: float = 0.0
     networks: int = 0
+    per_gbop: float = 0.0
+    per_mact: float = 0.0
 
     @property
     def is_identity(self) -> bool:
-        return self.slope == 1.0 and self.intercept == 0.0
+        return self.slope == 1.0 and self.intercept == 0.0 and not self.uses_work
 
-    def apply(self, layer_sum: Any) -> Any:
-        return self.slope * layer_sum + self.intercept
+    @property
+    def uses_work(self) -> bool:
+        return bool(self.per_gbop or self.per_mact)
+
+    def apply(self, layer_sum: Any, work: Any = None) -> Any:
+        """``work``: :func:`network_work` of the subnets (needed only when :attr:`uses_work`)."""
+        out = self.slope * layer_sum + self.intercept
+        if self.uses_work:
+            work = np.asarray(work, dtype=float)
+            out = out + self.per_gbop * work[..., 0] + self.per_mact * work[..., 1]
+        return out
 
     @classmethod
     def fit(cls, layer_sum: np.ndarray, measured: np.ndarray) -> Calibration:
@@ -110,13 +125,65 @@ class Calibration:
         """
         if len(measured) < MIN_CALIBRATION_NETWORKS:
             return cls(networks=len(measured))
-        from sklearn.linear_model import HuberRegressor
-
-        line = HuberRegressor(alpha=0.0).fit(np.asarray(layer_sum, dtype=float).reshape(-1, 1), measured)
-        slope, intercept = float(line.coef_[0]), float(line.intercept_)
-        if slope <= 0:
+        fitted = _huber(np.asarray(layer_sum, dtype=float).reshape(-1, 1), measured)
+        if fitted is None:
             return cls(networks=len(measured))
-        return cls(float(slope), float(intercept), len(measured))
+        (slope,), intercept = fitted
+        return cls(slope, intercept, len(measured))
+
+    @classmethod
+    def fit_transfer(cls, layer_sum: np.ndarray, work: np.ndarray, measured: np.ndarray) -> Calibration:
+        """For a layer model learnt on another device: the line of :meth:`fit`, or the line plus the
+        two work terms when that predicts the networks better left one out (mean relative error).
+
+        Another instruction set changes the cost of binary work (popcount width) and of activation
+        traffic (packing) by different factors, which one slope cannot follow: on this machine the
+        AVX2 build transferred from the host's layer model went from 50 % to 80 % of its 20
+        networks within +-10 % (leave one out); the 1-thread build, same kernels, kept the line.
+        A work term that comes out negative is dropped."""
+        line = cls.fit(layer_sum, measured)
+        if line.slope == 1.0 and line.intercept == 0.0:  # too few networks, or no line
+            return line
+        x = np.c_[np.asarray(layer_sum, dtype=float), np.asarray(work, dtype=float)]
+        if _loo_error(x[:, :1], measured) <= _loo_error(x, measured):
+            return line
+        fitted = _huber(x, measured)
+        if fitted is None:
+            return line
+        (slope, per_gbop, per_mact), intercept = fitted
+        return cls(slope, intercept, len(measured), per_gbop, per_mact)
+
+
+def _huber(x: np.ndarray, y: np.ndarray) -> tuple[tuple[float, ...], float] | None:
+    """Robust linear fit of ``y`` on the columns of ``x``; a work column whose weight comes out
+    negative is fixed at 0 and the rest refitted; None when the first (the layer sum) is not
+    positive."""
+    from sklearn.linear_model import HuberRegressor
+
+    columns = list(range(x.shape[1]))
+    while True:
+        line = HuberRegressor(alpha=0.0, max_iter=1000).fit(x[:, columns], y)
+        negative = [c for c, w in zip(columns, line.coef_, strict=True) if w < 0 and c > 0]
+        if not negative:
+            break
+        columns.remove(negative[0])
+    weights = dict(zip(columns, (float(w) for w in line.coef_), strict=True))
+    if weights.get(0, 0.0) <= 0:
+        return None
+    return tuple(weights.get(c, 0.0) for c in range(x.shape[1])), float(line.intercept_)
+
+
+def _loo_error(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean absolute relative error of :func:`_huber` predicting each network from the others."""
+    errors = []
+    for i in range(len(y)):
+        rest = np.arange(len(y)) != i
+        fitted = _huber(x[rest], y[rest])
+        if fitted is None:
+            return math.inf
+        weights, intercept = fitted
+        errors.append(abs((float(x[i] @ np.array(weights)) + intercept) / y[i] - 1))
+    return float(np.mean(errors))
 
 
 @dataclass(frozen=True)
@@ -232,7 +299,9 @@ class LatencyPredictor:
         unknown = [row for row in dict.fromkeys(rows) if row not in self._cache]
         if unknown:
             self._cache.update(zip(unknown, self.layer_ms(np.array(unknown, dtype=np.int64)).tolist(), strict=True))
-        return float(self.calibration.apply(sum(self._cache[row] for row in rows) + self.parts_ms(arch, resolution)))
+        work = network_work([arch], resolution)[0] if self.calibration.uses_work else None
+        total = sum(self._cache[row] for row in rows) + self.parts_ms(arch, resolution)
+        return float(self.calibration.apply(total, work))
 
     def predict_many(self, archs: Sequence[Arch], resolution: int | None = None) -> np.ndarray:
         """Predicted milliseconds of many subnets; each distinct layer configuration is predicted once."""
@@ -241,7 +310,8 @@ class LatencyPredictor:
         unique, inverse = np.unique(configs, axis=0, return_inverse=True)
         per_layer = self.layer_ms(unique)[inverse.reshape(-1)]
         parts = np.array([self.parts_ms(arch, resolution) for arch in archs])
-        return self.calibration.apply(np.bincount(owner, weights=per_layer, minlength=len(archs)) + parts)
+        work = network_work(archs, resolution) if self.calibration.uses_work else None
+        return self.calibration.apply(np.bincount(owner, weights=per_layer, minlength=len(archs)) + parts, work)
 
     def budget_ms(self, arch: Arch, resolution: int | None = None) -> float:
         """What the search holds to a latency budget: the prediction times the margin's factor."""
@@ -380,7 +450,12 @@ def fit(
         model.fit(layer_features(train.layers), np.log(train.layer_ms))
         meta["trained_layers"] = len(train.layers)
     predictor = LatencyPredictor(model, Calibration(), meta)
-    predictor.calibration = Calibration.fit(predictor.predict_many(train.networks), train.network_ms)
+    layer_sums = predictor.predict_many(train.networks)
+    if source is None:
+        predictor.calibration = Calibration.fit(layer_sums, train.network_ms)
+    else:
+        work = network_work(train.networks, resolution)
+        predictor.calibration = Calibration.fit_transfer(layer_sums, work, train.network_ms)
     held_pred = predictor.predict_many(held.networks) if held.networks else np.zeros(0)
     predictor.margin = Margin.fit(held_pred, held.network_ms, alpha)
     return predictor

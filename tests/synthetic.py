@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hwnas.predictors.features import LAYER_FEATURES, config_matrix, layer_features
+from hwnas.predictors.features import LAYER_FEATURES, config_matrix, layer_features, network_work
 from hwnas.predictors.latency import LatencyPredictor, fit
 from hwnas.space import NASBNN
 from hwnas.targets.configs import arch_configs, layer_configs, part_configs, sample_networks
@@ -34,10 +34,13 @@ def true_part_ms(kind: str, c: int) -> float:
     return 0.1 + 0.004 * c if kind == "stem" else 0.3
 
 
-def true_network_ms(arch, scale: float = 1.0, res: int = RES) -> float:
-    """The formula's whole network: 15 % over its layers, stem and head, plus 0.2 ms."""
+def true_network_ms(arch, scale: float = 1.0, res: int = RES, per_gbop: float = 0.0) -> float:
+    """The formula's whole network: 15 % over its layers, stem and head, plus 0.2 ms; plus
+    ``per_gbop`` ms per billion binary MACs (a device whose popcounts cost more than the layer
+    formula's, as AVX2's do against AVX-512's)."""
     parts = true_part_ms("stem", arch.stem) + true_part_ms("head", arch.last_width)
-    return 1.15 * (true_layer_ms(arch_configs(arch, res), scale).sum() + parts) + 0.2
+    work = per_gbop * network_work([arch], res)[0, 0] if per_gbop else 0.0
+    return 1.15 * (true_layer_ms(arch_configs(arch, res), scale).sum() + parts) + 0.2 + work
 
 
 def fill_store(
@@ -49,6 +52,7 @@ def fill_store(
     res: int = RES,
     layers: bool = True,
     slow: float = 0.0,
+    per_gbop: float = 0.0,
 ) -> None:
     """Every layer (unless not ``layers``), stem and head config of NASBNN at ``res`` and ``networks``
     subnets of ``target`` (in the current HWNAS_HOME), latencies from the formula (layers times
@@ -69,7 +73,7 @@ def fill_store(
         for part in part_configs(NASBNN, res):
             add(store, part_key(part, res), true_part_ms(part.kind, part.to_json()["c"]), sigma=0.0)
         for arch in sample_networks(NASBNN, networks, seed):
-            add(store, network_key(arch, res), true_network_ms(arch, scale, res))
+            add(store, network_key(arch, res), true_network_ms(arch, scale, res, per_gbop))
 
 
 def fit_predictor(

@@ -217,7 +217,7 @@ def test_profile_exits_nonzero_saying_how_many_jobs_failed(monkeypatch, capsys):
 
     monkeypatch.setattr(tvm_measures, "layer_measure", broken)
     monkeypatch.setattr(tvm_measures, "part_measure", broken)
-    argv = ["profile", "--target", "local", "--layers", "2", "--resolution", "32", "--json"]
+    argv = ["profile", "--target", "local", "--layers", "2", "--networks", "0", "--resolution", "32", "--json"]
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert json.loads(out)["runs"]["layers"]["failed"]

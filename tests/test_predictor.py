@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from hwnas.predictors.features import (
     arch_config_matrix,
     config_matrix,
     layer_features,
+    network_work,
 )
 from hwnas.predictors.latency import (
     MIN_CALIBRATION_NETWORKS,
@@ -311,6 +313,26 @@ def test_transfer_learns_a_new_device_from_a_few_networks(trained, _home, capsys
     with Store.for_target(load_target("local")) as store:
         with pytest.raises(PredictorError, match="needed to calibrate"):
             fit(load_target("local"), store, RES, holdout=0.9, source=predictor)
+
+
+def test_transfer_to_a_device_whose_binary_work_costs_more_adds_a_work_term(trained, _home, capsys):
+    """Layers twice as slow and popcounts dearer still (about a third of a network): one slope
+    cannot follow both, the transfer calibration's work term does."""
+    _, home = trained
+    shutil.copytree(home / "predictors", _home / "predictors")
+    archs = [NASBNN.sample(random.Random(3000 + i)) for i in range(100)]
+    per_gbop = 0.5 * np.mean([true_network_ms(a, 2.0) for a in archs]) / network_work(archs, RES)[:, 0].mean()
+    truth = np.array([true_network_ms(a, 2.0, per_gbop=per_gbop) for a in archs])
+    fill_store("local", networks=20, layers=False, scale=2.0, per_gbop=per_gbop)
+    assert main(["predictor", "fit", "--target", "local", "--transfer-from", TARGET, "--json"]) == 0
+    calibration = json.loads(capsys.readouterr().out)["calibration"]
+    assert calibration["per_gbop"] > 0
+    predictor = LatencyPredictor.load(load_target("local"))  # the work terms survive the file
+    assert predictor.calibration.per_gbop == calibration["per_gbop"]
+    assert accuracy(predictor.predict_many(archs), truth)["within_10pct"] >= 0.9
+    assert predictor.predict(archs[0]) == pytest.approx(predictor.predict_many(archs[:1])[0])
+    line = Calibration.fit(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+    assert not Calibration(**{k: v for k, v in asdict(line).items() if "per_" not in k}).uses_work  # old files
 
 
 def test_holdout_benchmark_measures_in_a_private_copy_and_remeasures_disagreements(trained, _home, monkeypatch):
