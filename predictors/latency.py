@@ -142,7 +142,7 @@ class Calibration:
         networks within +-10 % (leave one out); the 1-thread build, same kernels, kept the line.
         A work term that comes out negative is dropped."""
         line = cls.fit(layer_sum, measured)
-        if line.slope == 1.0 and line.intercept == 0.0:  # too few networks, or no line
+        if line.is_identity:  # too few networks, or no line
             return line
         x = np.c_[np.asarray(layer_sum, dtype=float), np.asarray(work, dtype=float)]
         if _loo_error(x[:, :1], measured) <= _loo_error(x, measured):

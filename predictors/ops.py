@@ -22,6 +22,11 @@ class Ops:
     bops: int
 
     @property
+    def macs(self) -> int:
+        """Every multiply-accumulate, whatever its precision (a float32 network runs them all)."""
+        return self.flops + self.int8ops + self.bops
+
+    @property
     def ops(self) -> float:
         return self.flops + self.int8ops / 8 + self.bops / 64
 

@@ -138,8 +138,7 @@ def network_macs(arch: Arch, resolution: int, num_classes: int) -> int:
     """Multiply-accumulates of the network's convs and classifier (all of them float32 in the baseline)."""
     from hwnas.predictors.ops import count_ops
 
-    ops = count_ops(arch, resolution, num_classes)
-    return ops.flops + ops.int8ops + ops.bops
+    return count_ops(arch, resolution, num_classes).macs
 
 
 def torch_network(arch: Arch, num_classes: int, resolution: int, threads: int, repeat: int = 20) -> CallTime:

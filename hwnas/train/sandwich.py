@@ -62,8 +62,6 @@ class Sandwich(nn.Module):
         version, internal, gauss = state
         self.rng.setstate((version, tuple(internal), gauss))
 
-    splits_subnets = True  # forward takes ``share``: hwnas.train.subnet_parallel
-
     def forward(
         self, x: Tensor, y: Tensor, plan: list[Arch], share: tuple[int, int] = (0, 1)
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -73,7 +71,8 @@ class Sandwich(nn.Module):
         net = self.trainable
         x = x.contiguous(memory_format=torch.channels_last)
         students = plan if self.teacher_mode is not Mode.BWBA else plan[1:]
-        owner = assign(step_costs([plan[0], *students], x.shape[-1], net.num_classes), world)
+        tasks = [plan[0], *students]
+        owner = assign(step_costs(tasks, x.shape[-1], net.num_classes), world) if world > 1 else [0] * len(tasks)
         zero = x.new_zeros(())
         parts = {"loss_teacher": zero, "loss_largest": zero, "loss_smallest": zero}
         teacher_loss, soft, sent = zero, None, None

@@ -43,13 +43,8 @@ def use_subnets(mode: str, world: int, tasks: int, cuda: bool) -> bool:
 
 def step_costs(archs: Sequence[Arch], resolution: int, num_classes: int) -> list[float]:
     """Estimated relative time of one forward and backward of each arch (for :func:`assign`)."""
-    macs = [_macs(arch, resolution, num_classes) for arch in archs]
+    macs = [count_ops(arch, resolution, num_classes).macs for arch in archs]
     return [m + OVERHEAD * max(macs) for m in macs]
-
-
-def _macs(arch: Arch, resolution: int, num_classes: int) -> int:
-    ops = count_ops(arch, resolution, num_classes)
-    return ops.flops + ops.int8ops + ops.bops
 
 
 def assign(costs: Sequence[float], world: int) -> list[int]:
