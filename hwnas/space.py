@@ -153,6 +153,34 @@ class SearchSpace:
             stages.append(tuple(layers))
         return Arch(stem, tuple(stages), self.strides)
 
+    def sample_at(self, rng: random.Random, level: float, spread: float = 0.25) -> Arch:
+        """A random architecture around ``level`` (0: the smallest, 1: the largest).
+
+        Each choice (depth, width, kernel; groups the other way round) takes the index nearest
+        ``level + N(0, spread)`` along its options from cheapest to dearest, widths kept
+        non-decreasing under ND. Uniform sampling piles subnets up in the middle of the cost range;
+        levels drawn uniformly reach both ends, where searches end up (a profile that never
+        measured the cheap corner extrapolated into it, see docs/latency.md).
+        """
+
+        def near(options: tuple[int, ...] | list[int], reverse: bool = False) -> int:
+            ordered = sorted(options, reverse=reverse)
+            x = min(max(level + rng.gauss(0.0, spread), 0.0), 1.0)
+            return ordered[round(x * (len(ordered) - 1))]
+
+        stem = near(self.stem_widths)
+        prev, stages = stem, []
+        for s, space in enumerate(self.stages):
+            layers = []
+            for _ in range(near(space.depths)):
+                widths = self._next_widths(s, prev)
+                c = near(widths)
+                g = near([g for g in space.groups if prev % g == 0], reverse=True)
+                layers.append(Layer(c, near(space.kernels), g))
+                prev = c
+            stages.append(tuple(layers))
+        return self.validate(Arch(stem, tuple(stages), self.strides))
+
     def translate(self, arch: Arch, other: SearchSpace) -> Arch:
         """``arch`` of this space as the architecture of ``other`` making the same choices.
 

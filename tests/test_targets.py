@@ -19,6 +19,7 @@ from tvm.rpc.tracker import Tracker
 from hwnas.arch import Arch
 from hwnas.cli import main
 from hwnas.model import build_supernet
+from hwnas.predictors.ops import count_ops
 from hwnas.space import NASBNN
 from hwnas.targets import session as session_module
 from hwnas.targets.configs import (
@@ -203,6 +204,29 @@ def test_samples_are_seeded_and_grow_by_prefix():
     assert sample_configs(configs, None, 3) == configs
     nets = sample_networks(NASBNN, 5, 1)
     assert nets == sample_networks(NASBNN, 5, 1) and len(set(nets)) == 5
+    assert sample_networks(NASBNN, 3, 1) == nets[:3]
+
+
+def test_profiled_networks_reach_both_ends_of_the_cost_range():
+    """Uniform subnets alone stay in the middle (53-164 MOPs of 21-332); half of the profile's
+    networks are drawn around a size level so the calibration sees the cheap corner searches reach."""
+    smallest, largest = count_ops(NASBNN.smallest()).ops, count_ops(NASBNN.largest()).ops
+    uniform = random.Random(0)
+    middle = [count_ops(NASBNN.sample(uniform)).ops for _ in range(30)]
+    profiled = [count_ops(a).ops for a in sample_networks(NASBNN, 60, 0)]
+    low, high = smallest + 0.1 * (largest - smallest), largest - 0.3 * (largest - smallest)
+    assert min(middle) > low and max(middle) < high
+    assert sum(o < low for o in profiled) >= 3 and sum(o > high for o in profiled) >= 3
+
+
+def test_sample_at_a_level_moves_from_the_smallest_to_the_largest():
+    rng = random.Random(0)
+    assert NASBNN.sample_at(rng, 0.0, spread=0.0) == NASBNN.smallest()
+    assert NASBNN.sample_at(rng, 1.0, spread=0.0) == NASBNN.largest()
+    for _ in range(50):  # every draw lies in the space (ND, groups dividing the channels)
+        NASBNN.validate(NASBNN.sample_at(rng, rng.random()))
+    mean_ops = [sum(count_ops(NASBNN.sample_at(rng, level)).ops for _ in range(20)) for level in (0.2, 0.5, 0.8)]
+    assert mean_ops == sorted(mean_ops)
 
 
 # ----------------------------------------------------------------- sessions
