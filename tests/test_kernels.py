@@ -12,7 +12,7 @@ import tvm
 from tvm import relax
 
 from hwnas.compile import tvm_targets
-from hwnas.compile.binconv import ConvShape, Tile, binary_conv2d
+from hwnas.compile.binconv import ConvShape, Tile, binary_conv2d, choose_tile
 from hwnas.compile.bitpack import pack_activations, pack_activations_ref, pack_weights, packer_for
 from hwnas.compile.runner import build, export_cross, run
 from hwnas.targets.target import load_target
@@ -124,6 +124,21 @@ def test_conv_affine_epilogue_and_explicit_tile() -> None:
     )
     dot = reference_conv(signs(x - threshold[:, None, None]), signs(w), shape)
     np.testing.assert_allclose(out, dot * scale + bias, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("mcpu", "dims", "tile"),
+    [  # (c_in, c_out, k, groups, stride, H=W): a power of two of registers, or part of one
+        ("znver4", (96, 96, 5, 2, 1, 56), Tile(4, 16, 64)),  # 48 per group: not 24 lanes of 8
+        ("znver4", (96, 96, 5, 4, 2, 56), Tile(7, 12, 32)),  # 24 per group: not 24 lanes of 16
+        ("znver4", (768, 768, 1, 1, 1, 7), Tile(1, 32, 64)),
+        ("haswell", (96, 96, 5, 4, 2, 56), Tile(4, 8, 64)),  # not 12 lanes of 4
+        ("haswell", (96, 96, 5, 2, 1, 56), Tile(2, 16, 64)),
+    ],
+)
+def test_tiles_fill_whole_registers(mcpu: str, dims: tuple[int, ...], tile: Tile) -> None:
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+    assert choose_tile(ConvShape(*dims, dims[-1]), target) == tile
 
 
 def test_tile_must_divide_shape() -> None:

@@ -164,12 +164,23 @@ def _divisors_desc(n: int, limit: int) -> list[int]:
     return [d for d in range(min(n, limit), 0, -1) if n % d == 0]
 
 
+def _whole_registers(vb: int, lanes: int) -> bool:
+    """True when ``vb`` word lanes fill 1, 2 or 4 SIMD registers, or part of one.
+
+    Three registers' worth (vb = 24 of 8 lanes, 12 of 4) or one and a half (24 of 16) measured 1.5-3.4x
+    slower than the next smaller tile on 5x5 and strided group convs (AVX-512 and AVX2 builds,
+    docs/performance.md): LLVM splits such vectors unevenly.
+    """
+    return vb < lanes or (vb % lanes == 0 and (vb // lanes) & (vb // lanes - 1) == 0)
+
+
 def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
     """Pick the register tile for a shape on a target (measured on Zen 5, AVX-512 and AVX2 builds).
 
     Words are 32 bits where that halves the padded bits and the target has a 32-bit vector
-    popcount, else 64. vb is up to four SIMD registers of word lanes (as c_out / groups allows): one
-    broadcast activation word then feeds four xor-popcount-add chains. For k x k convs px is the
+    popcount, else 64. vb is up to four SIMD registers of word lanes (as c_out / groups allows), a
+    power of two of them or part of one (:func:`_whole_registers`): one broadcast activation word
+    then feeds up to four xor-popcount-add chains. For k x k convs px is the
     largest divisor of W_out that keeps about 8 accumulator registers. For 1x1 convs one pixel
     per tile measured 20-30 % faster than 7 pixels: LLVM then keeps the block's weights in
     registers across the x loop. Other tile shapes within these bounds differ by less than the
@@ -179,7 +190,8 @@ def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
     if has_vector_popcount(target) and 2 * shape.words(32) * 32 <= shape.words(64) * 64:
         word_bits = 32
     lanes = vector_bits(target) // word_bits
-    vb = _divisors_desc(shape.cog, 4 * lanes)[0]
+    divisors = _divisors_desc(shape.cog, 4 * lanes)
+    vb = next((d for d in divisors if _whole_registers(d, lanes)), divisors[0])
     regs_per_pixel = -(-vb // lanes)
     px = 1 if shape.k == 1 else _divisors_desc(shape.out_width, max(1, ACC_REGISTERS // regs_per_pixel))[0]
     return Tile(px=px, vb=vb, word_bits=word_bits)
