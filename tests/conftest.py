@@ -55,9 +55,11 @@ def _private_home(tmp_path_factory) -> None:
 def _no_slow_windows() -> None:
     """Real timings in tests neither wait out nor fail on the device's slow windows: this VM has
     them 10-20 % of the time, and another job's load on a loopback RPC board (which the session
-    cannot see) reads as one. Tests of the slow-window rule use fake probes and set the factor."""
+    cannot see) reads as one. Tests of the slow-window rule use fake probes and set the factor.
+    Nor do they wait for a slow state to pass (the tests of that rule set the wait)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("hwnas.targets.session.SLOW_FACTOR", math.inf)
+        mp.setattr("hwnas.targets.driver.SLOW_STATE_WAIT_S", 0.0)
         yield
 
 

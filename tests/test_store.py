@@ -10,6 +10,7 @@ import pytest
 from hwnas.arch import LayerConfig
 from hwnas.errors import HwnasError
 from hwnas.space import NASBNN
+from hwnas.targets import driver
 from hwnas.targets.configs import layer_configs, sample_configs, sample_networks
 from hwnas.targets.driver import BUILD_CHUNK, RetryLater, layer_jobs, network_jobs, run_jobs
 from hwnas.targets.store import MEASURE_METHODS, Key, Store, store_path, summarize
@@ -20,6 +21,12 @@ from hwnas.targets.target import load_target
 def _home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
+
+
+@pytest.fixture(autouse=True)
+def _no_sleeping(monkeypatch) -> None:
+    """A slow state is waited out by reading the (fake) reference, never by sleeping."""
+    monkeypatch.setattr(driver, "SLOW_STATE_POLL_S", 0.0)
 
 
 @pytest.fixture
@@ -280,6 +287,42 @@ def test_a_batch_timed_in_a_slow_state_is_timed_again_at_the_end_of_the_run(stor
     assert [m.median_ms for m in rows] == [2.0] * len(configs) and [calls[c] for c in configs[-2:]] == [2, 2]
     assert [m.reference_ms for m in rows][-2:] == pytest.approx([4.05] * 2)
     assert [m.nominal_ms for m in rows][-2:] == pytest.approx([2.0 * 4.0 / 4.05] * 2)
+
+
+def test_the_last_pass_waits_for_the_slow_state_to_pass(store, monkeypatch, caplog):
+    """A short run (compare's dozen subnets) ends while the device is still slow: the pass at the
+    end reads the reference until it is back near nominal, then times the slow batch."""
+    monkeypatch.setattr(driver, "SLOW_STATE_WAIT_S", 60.0)
+    configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 2]
+    second = set(configs[BUILD_CHUNK:])
+    readings = iter([4.0, 4.0, 8.0, 8.0, 9.0, 8.5, 4.0, 4.2])  # slow for two more readings, then nominal
+    calls: dict[LayerConfig, int] = {}
+
+    def measure(config):
+        def timer():
+            calls[config] = calls.get(config, 0) + 1
+            return [3.0 if config in second and calls[config] == 1 else 2.0]
+
+        return timer
+
+    report = run_jobs(store, layer_jobs(configs, 224, measure), progress=False, reference=lambda: next(readings))
+    assert report.to_json()["reference_ms"] == [4.0, 4.0, 8.0, 8.0, 9.0, 8.5, 4.0, 4.2]
+    rows = store.measurements("layer")
+    assert [m.median_ms for m in rows][-2:] == [2.0, 2.0] and [m.reference_ms for m in rows][-2:] == pytest.approx(
+        [4.1] * 2
+    )
+    assert "waiting up to" in caplog.text
+
+
+def test_the_wait_for_a_slow_state_is_bounded(store, caplog):
+    configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 1]
+    readings = iter([4.0, 4.0, 8.0, 8.0, 8.0, 8.2])  # slow to the end: one poll, then the pass in the slow state
+    report = run_jobs(
+        store, layer_jobs(configs, 224, lambda c: lambda: [2.0]), progress=False, reference=lambda: next(readings)
+    )
+    assert report.measured == len(configs) and len(report.to_json()["reference_ms"]) == 6
+    assert [m.reference_ms for m in store.measurements("layer")][-1] == pytest.approx(8.1)
+    assert "stayed in its slow state" in caplog.text
 
 
 def test_a_batch_that_never_settles_keeps_its_last_pass_and_the_median_reading(store):
