@@ -132,8 +132,9 @@ SLOW_STATE_WAIT_S = 90.0
 """How long the pass at the end of a run waits for the device to leave a slow state before timing
 its slow batches again (the reference read every :data:`SLOW_STATE_POLL_S`). A short run, such as
 ``compare`` measuring a dozen subnets, otherwise re-times them in the same slow state: in one
-pipeline's compare the reference read 2.4x its nominal throughout and 8 of 14 subnets came out
-9-38 % too fast in nominal ms, the state slowing them less than the reference."""
+pipeline's compare the reference read 2.4x its nominal through a batch of 8 of its 14 subnets, which
+read 7-38 % below their predictions (the next batch, at 1.02x: 1-21 %): the state slowed them less than the
+reference."""
 SLOW_STATE_POLL_S = 5.0
 
 
