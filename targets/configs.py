@@ -71,11 +71,11 @@ def sample_configs(configs: list[LayerConfig], n: int | None, seed: int) -> list
 def sample_networks(space: SearchSpace, n: int, seed: int) -> list[Arch]:
     """``n`` distinct random subnets, the same ones for the same seed (so a rerun resumes them).
 
-    Every other one is uniform over the space, the rest around a uniformly drawn size level
-    (:meth:`SearchSpace.sample_at`): uniform subnets alone cover only the middle of the cost range
-    (53-164 of the 21-332 MOPs of NAS-BNN's space), so the network calibration extrapolated into
-    the cheap corner where searches end, 10 % high there (docs/latency.md). A larger ``n`` keeps
-    the smaller sample's subnets.
+    Every other one is uniform over the space, the rest around a size level (:meth:`SearchSpace.sample_at`)
+    drawn as the square of a uniform number, so a third of them lie in the cheapest tenth: uniform
+    subnets alone cover only the middle of the cost range (53-164 of the 21-332 MOPs of NAS-BNN's
+    space), and the network calibration read 8-10 % high in the cheap corner where searches end
+    (docs/latency.md). A larger ``n`` keeps the smaller sample's subnets.
     """
     if n > space.count():
         raise ValueError(f"the space has only {space.count()} architectures, {n} asked for")
@@ -85,7 +85,7 @@ def sample_networks(space: SearchSpace, n: int, seed: int) -> list[Arch]:
         if len(archs) % 2 == 0:
             archs[space.sample(uniform)] = None
         else:
-            archs[space.sample_at(levels, levels.random())] = None
+            archs[space.sample_at(levels, levels.random() ** 2)] = None
     return list(archs)
 
 

@@ -34,7 +34,7 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_NETWORKS = 60
 """Whole subnets a profile measures by default: the predictor's calibration trains on about 80 %
-of them (47 of these 60) and judges itself on the rest (13), see :mod:`hwnas.predictors.latency`."""
+of them (46 of these 60) and judges itself on the rest (14), see :mod:`hwnas.predictors.latency`."""
 
 
 @dataclass(frozen=True)

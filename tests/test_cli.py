@@ -101,8 +101,8 @@ def test_pipeline_runs_and_reuses_finished_steps(capsys, tmp_path, monkeypatch):
     assert set(data["compile"]) == {"best-ops", "best-latency"}
     assert all(c["verified"] and c["speedup"] > 0 for c in data["compile"].values())
     assert 0 <= data["eval"]["largest"] <= 1 and data["eval"]["random"]["n"] == 20
-    assert data["profile"]["runs"] == {} and data["predictor"]["networks"]["n"] == 13  # of 60, held out by hash
-    assert data["predictor"]["networks"]["enough_to_judge"] and data["predictor"]["margin"]["n"] == 13
+    assert data["profile"]["runs"] == {} and data["predictor"]["networks"]["n"] == 14  # of 60, held out by hash
+    assert data["predictor"]["networks"]["enough_to_judge"] and data["predictor"]["margin"]["n"] == 14
     assert data["search-ops"]["trials"] == 3 and data["search-latency"]["trials"] == 3
     assert (out / "report" / "report.md").exists() and data["compare"]["fronts"]["latency"]
     (out / "compare.json").unlink()  # as if killed during the last step
