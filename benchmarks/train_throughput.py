@@ -4,12 +4,14 @@ Side by side, each in fresh processes of its own, one after the other: one proce
 one process on every core's thread, one data-parallel process per core (DDP: each a slice of the
 batch), and one process per core, at most one per subnet, splitting the step's subnets on the whole
 batch (``hwnas train``'s default on CPUs: :mod:`hwnas.train.subnet_parallel`), all gloo and one
-thread each. Shapes: the config of ``--data`` (default clutter: 32x32, its batch) with
-``--num-random`` random subnets a step, and with ``--with-224`` one ImageFolder-shaped batch at
-224x224 (synthetic tensors, full-width NAS-BNN space). Prints the median step time of the global
-batch over ``--steps`` timed steps after one warm-up step, images/s, the speedup over one process
-on one thread, and rank 0's peak RSS. ``--json`` prints one JSON object. Run from the repository
-root: ``python -m benchmarks.train_throughput [--steps 10] [--num-random 1] [--with-224] [--json]``.
+thread each; the last row is the default with the group weights runs had before ``dense``
+(``first``: 4x fewer parameters at quarter width). Shapes: the config of ``--data`` (default
+clutter: 32x32, its batch) with ``--num-random`` random subnets a step, and with ``--with-224`` one
+ImageFolder-shaped batch at 224x224 (synthetic tensors, full-width NAS-BNN space). Prints the median
+step time of the global batch over ``--steps`` timed steps after one warm-up step, images/s, the
+speedup over one process on one thread, and rank 0's peak RSS. ``--json`` prints one JSON object.
+Run from the repository root: ``python -m benchmarks.train_throughput [--steps 10] [--num-random 1]
+[--with-224] [--json]``.
 Other jobs on the cores disturb these figures: compare options from the same run.
 """
 
@@ -90,11 +92,18 @@ def main() -> None:
     args = parser.parse_args()
     cores = default_processes()
     tasks = tasks_per_step(args.num_random, False)
+    default_groups = TrainConfig().group_weights
     options = {
-        "1 process x 1 thread": (1, 1, "data"),
-        f"1 process x {cores} threads": (1, cores, "data"),
-        f"{cores} processes x 1 thread (DDP)": (cores, 1, "data"),
-        f"{min(cores, tasks)} processes x 1 thread (subnets)": (min(cores, tasks), 1, "subnets"),
+        "1 process x 1 thread": (1, 1, "data", default_groups),
+        f"1 process x {cores} threads": (1, cores, "data", default_groups),
+        f"{cores} processes x 1 thread (DDP)": (cores, 1, "data", default_groups),
+        f"{min(cores, tasks)} processes x 1 thread (subnets)": (min(cores, tasks), 1, "subnets", default_groups),
+        f"{min(cores, tasks)} processes x 1 thread (subnets, first group weights)": (
+            min(cores, tasks),
+            1,
+            "subnets",
+            "first",
+        ),
     }
     default = replace(TrainConfig(), data=args.data, num_random=args.num_random)
     shapes = {"default": default}
@@ -105,8 +114,8 @@ def main() -> None:
     results: dict = {"cores": cores, "load_avg_before": os.getloadavg()[0], "shapes": {}}
     for shape, config in shapes.items():
         rows = {}
-        for name, (processes, threads, parallel) in options.items():
-            option = replace(config, threads=threads, processes=processes, parallel=parallel)
+        for name, (processes, threads, parallel, groups) in options.items():
+            option = replace(config, threads=threads, processes=processes, parallel=parallel, group_weights=groups)
             rows[name] = run_option(option, processes, args.steps)
             print(f"{shape}, {name}: {rows[name]}", file=sys.stderr, flush=True)
         base = next(iter(rows.values()))["step_s_median"]
@@ -122,7 +131,7 @@ def main() -> None:
         print(f"{shape}: {c.resolution}x{c.resolution}, width x{c.width_mult}, batch {c.batch_size}")
         for name, r in rows.items():
             print(
-                f"  {name:34s} {r['step_s_median']:6.3f} s/step  {r['images_per_s']:6.1f} images/s  "
+                f"  {name:58s} {r['step_s_median']:6.3f} s/step  {r['images_per_s']:6.1f} images/s  "
                 f"x{r['speedup']:.2f}  peak RSS {r['peak_rss_mib']:.0f} MiB"
             )
     print(f"load average {results['load_avg_before']:.1f} before, {results['load_avg_after']:.1f} after")

@@ -19,23 +19,23 @@ from hwnas.compile.epilogue import Residual
 from hwnas.compile.fold import fold
 from hwnas.compile.runner import build, run
 from hwnas.errors import HwnasError
-from hwnas.model import build_supernet
+from hwnas.model import ModelOptions, build_supernet
 from hwnas.model.layers import shortcut
-from hwnas.space import NASBNN
+from hwnas.space import NASBNN, scaled_space
 from hwnas.targets.target import load_target
 
 LOCAL = load_target("local").tvm_target()
 AARCH64 = load_target("aarch64")
 
 
-def trained_like_supernet(resolution: int, classes: int = 10):
+def trained_like_supernet(resolution: int, classes: int = 10, space=NASBNN, options=None):
     """A supernet with non-trivial parameters and BN statistics, so folding is really exercised."""
     torch.manual_seed(0)
-    net = build_supernet(NASBNN, classes)
+    net = build_supernet(space, classes, options or ModelOptions())
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        net.set_active(NASBNN.largest())
+        net.set_active(space.largest())
         net(torch.randn(8, 3, resolution, resolution))
     return net.eval()
 
@@ -103,6 +103,16 @@ def test_whole_subnet_matches_pytorch(seed, resolution, tmp_path):
     image = np.random.default_rng(seed).standard_normal((1, 3, resolution, resolution), dtype=np.float32)
     np.testing.assert_array_equal(loaded(image), CompiledNet(compiled.executable)(image))
     assert len(compiled.labels) == 2 + 4 * sum(arch.depths)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_dense_group_weights_compile_to_what_pytorch_computes(seed):
+    """A supernet with dense group weights (the training default): its block diagonals compile exactly."""
+    space = scaled_space(NASBNN, 0.25)
+    net = trained_like_supernet(32, space=space, options=ModelOptions(group_weights="dense"))
+    subnet = net.extract(space.sample(random.Random(seed)))
+    check = verify(CompiledNet(compile_subnet(subnet, 32, LOCAL).executable), subnet, 32, samples=2, seed=seed)
+    assert check.ok, check
 
 
 def test_fold_needs_the_deployable_network():

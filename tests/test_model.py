@@ -10,39 +10,80 @@ import torch
 from hwnas.errors import ArchError
 from hwnas.model import Mode, ModelOptions, build_supernet
 from hwnas.model.binary import binary_activation, pad_binary, sign, weight_sign
-from hwnas.space import NASBNN
+from hwnas.space import NASBNN, scaled_space
+
+QUARTER = scaled_space(NASBNN, 0.25)
 
 
-@pytest.fixture(scope="module")
-def supernet():
-    torch.manual_seed(0)
-    net = build_supernet(NASBNN, 10)
-    # give BN non-trivial running statistics so eval-mode equality means something
+def with_bn_statistics(net, space):
+    """BN with non-trivial running statistics, so eval-mode equality means something."""
     with torch.no_grad():
-        for arch in (NASBNN.largest(), NASBNN.smallest()):
+        for arch in (space.largest(), space.smallest()):
             net.set_active(arch)
             net(torch.randn(4, 3, 32, 32))
     return net.eval()
 
 
+@pytest.fixture(scope="module")
+def supernet():
+    torch.manual_seed(0)
+    return with_bn_statistics(build_supernet(NASBNN, 10), NASBNN)
+
+
+@pytest.fixture(scope="module")
+def dense_supernet():
+    torch.manual_seed(0)
+    return with_bn_statistics(build_supernet(QUARTER, 10, ModelOptions(group_weights="dense")), QUARTER)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("mode", [Mode.BWBA, Mode.FWBA])
-def test_extracted_subnet_equals_supernet(supernet, seed, mode):
-    arch = NASBNN.sample(random.Random(seed))
-    supernet.set_mode(mode)
-    supernet.set_active(arch)
+@pytest.mark.parametrize("group_weights", ["first", "dense"])
+def test_extracted_subnet_equals_supernet(supernet, dense_supernet, seed, mode, group_weights):
+    net, space = (supernet, NASBNN) if group_weights == "first" else (dense_supernet, QUARTER)
+    arch = space.sample(random.Random(seed))
+    net.set_mode(mode)
+    net.set_active(arch)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        expected = supernet(x)
-        sub = supernet.extract(arch)
+        expected = net(x)
+        sub = net.extract(arch)
         got = sub(x)
-    supernet.set_mode(Mode.BWBA)
+    net.set_mode(Mode.BWBA)
     assert torch.equal(expected, got)
     assert sub.mode is mode and not sub.training
     n_sub = sum(p.numel() for p in sub.parameters())
-    assert n_sub < sum(p.numel() for p in supernet.parameters())
+    assert n_sub < sum(p.numel() for p in net.parameters())
     with pytest.raises(ArchError, match="does not fit"):
-        sub.set_active(NASBNN.largest())
+        sub.set_active(space.largest())
+
+
+def test_dense_group_weights_pair_each_output_with_the_same_input():
+    """Under dense group weights one stored weight serves pair (output j, input c) in every
+    configuration that puts j and c in one group, also where only a band of offsets is stored;
+    under ``first`` the input a stored column meets moves with c_in / g."""
+    torch.manual_seed(0)
+    net = build_supernet(QUARTER, 10, ModelOptions(group_weights="dense"))
+    for conv, configs in (
+        (net.stages[3][1].conv1, ((96, 8), (128, 8), (192, 4), (96, 4), (128, 4))),  # band: 95 of 192
+        (net.stages[2][1].conv1, ((48, 4), (64, 2), (96, 2), (96, 4))),  # dense: 95 >= 96 - 1 columns
+    ):
+        with torch.no_grad():
+            conv.weight.normal_()
+        seen: dict[tuple[int, int], torch.Tensor] = {}
+        for c_in, g in configs:
+            active, cg = conv.active_weight(c_in, c_in, 3, g), c_in // g
+            for j in range(c_in):
+                for t in range(cg):
+                    c = (j // cg) * cg + t
+                    if (j, c) in seen:
+                        assert torch.equal(seen[(j, c)], active[j, t])
+                    seen[(j, c)] = active[j, t]
+        assert len(seen) > 2 * conv.weight.shape[0]
+    assert net.stages[3][1].conv1.weight.shape[:2] == (192, 95)
+    legacy = build_supernet(QUARTER, 10).stages[3][1].conv1
+    assert legacy.weight.shape[:2] == (192, 48)  # first: c_in / min groups
+    assert torch.equal(legacy.active_weight(96, 96, 3, 8)[13], legacy.weight[13, :12, 1:4, 1:4])
 
 
 def test_extracted_subnet_is_standalone(supernet):

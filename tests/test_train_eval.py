@@ -51,3 +51,25 @@ def test_summary_statistics() -> None:
     stats = summarize([0.1, 0.2, 0.3, 0.4, 0.5])
     assert stats["mean"] == 0.3 and stats["median"] == 0.3 and stats["min"] == 0.1 and stats["max"] == 0.5
     assert stats["q1"] == 0.2 and stats["q3"] == 0.4 and stats["n"] == 5
+
+
+def test_runs_saved_before_dense_group_weights_load_with_their_rule(tmp_path) -> None:
+    """A config.json without ``group_weights`` (written before the key existed) means ``first``:
+    such a run loads and computes what it did; a new run records ``dense``, the default."""
+    import json
+
+    from hwnas.train.run import read_config, train_supernet
+    from tests.conftest import tiny
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    train_supernet(tiny(max_steps=1, group_weights="first"), old)
+    train_supernet(tiny(max_steps=1), new)
+    assert json.loads((new / "config.json").read_text())["group_weights"] == "dense"
+    saved = json.loads((old / "config.json").read_text())
+    del saved["group_weights"]
+    (old / "config.json").write_text(json.dumps(saved))
+    assert read_config(old).group_weights == "first"
+    run = load_run(old)
+    conv = run.supernet.stages[2][1].conv1
+    assert conv.weight.shape[1] < conv.weight.shape[0] and not conv.dense
+    assert load_run(new).supernet.stages[2][1].conv1.dense

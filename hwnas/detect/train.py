@@ -62,8 +62,8 @@ def _train(run: Run, arch: Arch, config: DetectConfig, out_dir: Path, resume: bo
     if config.val_images:
         data.val.ids = data.val.ids[: config.val_images]
     mean, std = normalization(run.config)
-    info = DetectorInfo(str(run.run_dir), arch, run.supernet.options, data.categories, mean, std)
     subnet = run.supernet.extract(arch)  # the paper's initialisation: the supernet's weights
+    info = DetectorInfo(str(run.run_dir), arch, subnet.options, data.categories, mean, std)
     subnet.set_mode(Mode.BWBA)
     torch.manual_seed(config.seed)
     detector = build_detector(subnet, info.num_classes, config, mean, std)

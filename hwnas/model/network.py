@@ -7,7 +7,7 @@ own sizes, so "extract" is: build the small skeleton, copy the narrowed shared t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from hwnas.arch import Arch
 from hwnas.errors import ArchError
-from hwnas.model.layers import Convention, Mode, SeparableBlock, Stem, narrow
+from hwnas.model.layers import Convention, GroupWeights, Mode, SeparableBlock, Stem, narrow
 from hwnas.space import SearchSpace
 
 
@@ -92,6 +92,7 @@ class ModelOptions:
     bi_transform: bool = True
     weight_norm: bool = True
     convention: str = Convention.HWNAS.value
+    group_weights: str = GroupWeights.FIRST.value  # new training runs: dense (TrainConfig)
 
 
 class BinaryNet(nn.Module):
@@ -120,6 +121,7 @@ class BinaryNet(nn.Module):
                     options.bi_transform,
                     options.weight_norm,
                     convention,
+                    GroupWeights(options.group_weights),
                 )
                 for s in stage
             )
@@ -151,10 +153,14 @@ class BinaryNet(nn.Module):
     def extract(self, arch: Arch) -> BinaryNet:
         """A standalone network of exactly ``arch``, its weights copied from this one."""
         self.set_active(arch)
-        sub = BinaryNet(Skeleton.of_arch(arch), self.num_classes, self.options, active=arch)
+        options = self.options
+        plain = Convention(options.convention) is Convention.NASBNN or options.group_weights == GroupWeights.DENSE
+        if plain:  # the subnet stores its active convs as they are: plain grouped weights
+            options = replace(options, group_weights=GroupWeights.FIRST.value)
+        sub = BinaryNet(Skeleton.of_arch(arch), self.num_classes, options, active=arch)
         mine = self.state_dict()
         state = {name: narrow(mine[name], t.shape).clone() for name, t in sub.state_dict().items()}
-        if Convention(self.options.convention) is Convention.NASBNN:
+        if plain:
             state.update(self._active_convs(arch))
         sub.load_state_dict(state)
         sub.mode = self.mode
@@ -162,8 +168,9 @@ class BinaryNet(nn.Module):
 
     @torch.no_grad()
     def _active_convs(self, arch: Arch) -> dict[str, Tensor]:
-        """nasbnn: each conv's active weight (group slices and kernel transformation applied) and
-        its Bi-Transformation matrix, identity where the supernet applies none at that kernel."""
+        """Each conv's active weight (nasbnn: group slices and kernel transformation applied; dense
+        group weights: the groups' columns) and its Bi-Transformation matrix, identity where the
+        supernet applies none at that kernel."""
         out = {}
         for shape in arch.layer_shapes(resolution=224):
             block = self.stages[shape.stage][shape.index]

@@ -21,6 +21,7 @@ from hwnas.files import atomic_write_text
 
 TEACHERS = ("fwba", "bwba", "fwfa")
 CONVENTIONS = ("hwnas", "nasbnn")
+GROUP_WEIGHTS = ("dense", "first")
 PARALLEL = ("auto", "subnets", "data")  # hwnas.train.subnet_parallel
 Config = TypeVar("Config")
 
@@ -36,6 +37,7 @@ class TrainConfig:
     bi_transform: bool = True
     weight_norm: bool = True
     convention: str = "hwnas"  # whose weight rules: hwnas, or nasbnn (the authors'; imported runs)
+    group_weights: str = "dense"  # hwnas group convs: dense (block diagonal) or first (runs before it)
     teacher: str = "fwba"  # mode of the largest subnet: fwba (the paper's Bi-Teacher), bwba or fwfa
     distill: bool = True  # students learn the teacher's soft labels (else CE on the labels)
     num_random: int = 1  # random subnets per step besides the largest and the smallest
@@ -78,6 +80,8 @@ class TrainConfig:
         if self.convention not in CONVENTIONS:
             raise HwnasError(f"{where}: convention must be one of {list(CONVENTIONS)}, got {self.convention!r}")
         at_least_one(self, ("epochs", "batch_size", "resolution", "base_batch", "calib_batches", "eval_every"), where)
+        if self.group_weights not in GROUP_WEIGHTS:
+            raise HwnasError(f"{where}: group_weights must be one of {list(GROUP_WEIGHTS)}, got {self.group_weights!r}")
         if self.parallel not in PARALLEL:
             raise HwnasError(f"{where}: parallel must be one of {list(PARALLEL)}, got {self.parallel!r}")
         if self.processes < 0:

@@ -66,7 +66,10 @@ def read_config(run_dir: Path, base: Config = DEFAULTS) -> Config:
     """The config saved in ``run_dir`` (a :class:`TrainConfig`, or another kind of config like ``base``)."""
     path = run_dir / CONFIG
     try:
-        return coerce(base, json.loads(path.read_text()), str(path))
+        values = json.loads(path.read_text())
+        if isinstance(base, TrainConfig) and isinstance(values, dict):
+            values = {"group_weights": "first", **values}  # saved before dense group weights existed
+        return coerce(base, values, str(path))
     except FileNotFoundError:
         raise HwnasError(f"{run_dir} is not a training run (no {CONFIG})") from None
     except ValueError as exc:

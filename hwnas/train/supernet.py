@@ -14,5 +14,5 @@ def config_space(config: TrainConfig) -> SearchSpace:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> BinaryNet:
-    options = ModelOptions(config.bi_transform, config.weight_norm, config.convention)
+    options = ModelOptions(config.bi_transform, config.weight_norm, config.convention, config.group_weights)
     return build_supernet(config_space(config), num_classes, options)
