@@ -4,10 +4,12 @@ A layer's latency (its four kernels, as :mod:`hwnas.targets.tvm_measures` measur
 by an XGBoost regressor on :mod:`hwnas.predictors.features`, trained on log-milliseconds so that small
 and large layers weigh alike. The stem and the head take a handful of configurations, all
 measured, so they are looked up, not learnt. A network's latency is ``slope * (sum of layer
-predictions + stem + head) + intercept``: the calibration, a robust line fitted on whole
-networks measured end to end, absorbs what the kernels leave out (the VM's per-call work, caches
-cold between kernels). ``fit`` refuses a store with fewer than ``MIN_CALIBRATION_NETWORKS``
-training networks: an uncalibrated sum was 26-40 % low on every network here.
+predictions + stem + head) + intercept``, plus, where it predicts the training networks better
+left one out, a term per activation element and one per binary MAC: the calibration, fitted
+robustly on whole networks measured end to end, absorbs what the kernels leave out (the VM's
+per-call work, packing between layers, caches cold between kernels). ``fit`` refuses a store with
+fewer than ``MIN_CALIBRATION_NETWORKS`` training networks: an uncalibrated sum was 26-40 % low on
+every network here.
 
 Every latency is in the store's nominal units (:mod:`hwnas.targets.store`: relative to a reference
 network timed beside each batch), so a prediction and a ``measure`` made on another day agree
@@ -19,7 +21,7 @@ networks also give the budget margin (:class:`Margin`, split-conformal).
 
 A predictor for a new device can reuse another target's layer model (``source``): only the
 calibration, stem and head are then its own, learnt from a few whole networks; the calibration may
-add a term for binary work and one for activation volume (:meth:`Calibration.fit_transfer`).
+add a term for binary work and one for activation volume (:meth:`Calibration.fit_with_work`).
 
 Saved as one file, ``<data dir>/predictors/<target>/predictor.json`` (metadata, calibration,
 margin and XGBoost's JSON model, with a SHA-256 of them), written atomically, so a reader sees the
@@ -132,15 +134,18 @@ class Calibration:
         return cls(slope, intercept, len(measured))
 
     @classmethod
-    def fit_transfer(cls, layer_sum: np.ndarray, work: np.ndarray, measured: np.ndarray) -> Calibration:
-        """For a layer model learnt on another device: the line of :meth:`fit`, or the line plus the
-        two work terms when that predicts the networks better left one out (mean relative error).
+    def fit_with_work(cls, layer_sum: np.ndarray, work: np.ndarray, measured: np.ndarray) -> Calibration:
+        """The line of :meth:`fit`, or the line plus the two work terms when that predicts the
+        networks better left one out (mean relative error). A work term that comes out negative
+        is dropped.
 
-        Another instruction set changes the cost of binary work (popcount width) and of activation
-        traffic (packing) by different factors, which one slope cannot follow: on this machine the
-        AVX2 build transferred from the host's layer model went from 50 % to 80 % of its 20
-        networks within +-10 % (leave one out); the 1-thread build, same kernels, kept the line.
-        A work term that comes out negative is dropped."""
+        Layers timed one by one miss what a whole network adds per activation (packing between
+        layers, caches cold between kernels), and a layer model learnt on another device misses
+        how another instruction set changes binary work and activation traffic by different
+        factors. On this machine, the AVX2 build transferred from the host's layer model went
+        from 50 % to 80 % of its 20 networks within +-10 % (leave one out); on the host itself the
+        activation term took the pipeline's 14 searched subnets, the cheapest of the space, from
+        43 % to 79 % within +-10 % (docs/latency.md)."""
         line = cls.fit(layer_sum, measured)
         if line.is_identity:  # too few networks, or no line
             return line
@@ -451,11 +456,8 @@ def fit(
         meta["trained_layers"] = len(train.layers)
     predictor = LatencyPredictor(model, Calibration(), meta)
     layer_sums = predictor.predict_many(train.networks)
-    if source is None:
-        predictor.calibration = Calibration.fit(layer_sums, train.network_ms)
-    else:
-        work = network_work(train.networks, resolution)
-        predictor.calibration = Calibration.fit_transfer(layer_sums, work, train.network_ms)
+    work = network_work(train.networks, resolution)
+    predictor.calibration = Calibration.fit_with_work(layer_sums, work, train.network_ms)
     held_pred = predictor.predict_many(held.networks) if held.networks else np.zeros(0)
     predictor.margin = Margin.fit(held_pred, held.network_ms, alpha)
     return predictor
