@@ -40,7 +40,8 @@ def test_compare_measures_both_fronts_once_and_writes_the_report(searched, tmp_p
     assert (out / "report.md").is_file()
     for png in ("accuracy_vs_latency.png", "accuracy_vs_ops.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    measured = {json.dumps(p["deployed"], sort_keys=True) for f in ("ops", "latency") for p in data["fronts"][f]}
+    points = [p for f in ("ops", "latency") for p in data["fronts"][f]] + data["other_subnets"]
+    measured = {json.dumps(p["deployed"], sort_keys=True) for p in points}  # fronts and the other trials it ranks
     with Store.for_target(load_target("local")) as store:
         networks = store.measurements("network")
     measured_here = [n for n in networks if n.reference_ms is not None]  # not the 20 synthetic ones

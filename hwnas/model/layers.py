@@ -5,11 +5,11 @@ written once in :func:`narrow`. How a group conv with g groups takes its weights
 :class:`GroupWeights`: ``dense`` (new runs) gives each pair (output j, input c) one stored weight
 whatever the width and groups (the block diagonal of one dense c_in x c_in weight), so a subnet's
 neighbours trained the same pairings; ``first`` (runs trained before it) reads, for every output
-channel, the first c_in / g stored input columns, so a column meets another input whenever
-c_in / g changes. Pairs further apart than the widest group are never used, so ``dense`` stores
-only the diagonal band they lie in (:func:`group_columns`) where that is narrower than c_in.
-``dense`` lifted the mean of 50 random subnets by 4 points (docs/training.md). A subnet built at
-exactly its own sizes runs the same code and gives the same outputs.
+channel, the first c_in / g stored input columns, so a column meets another input whenever c_in / g
+changes. Pairs further apart than the widest group are never used, so ``dense`` stores only the
+diagonal band they lie in (:func:`group_columns`) where that is narrower than c_in. ``dense``
+lifted the mean of 50 random subnets by 1-4 points in two runs (docs/training.md). A subnet built
+at exactly its own sizes runs the same code and gives the same outputs.
 
 The ``nasbnn`` convention (:class:`Convention`, recorded in a run imported from the authors'
 checkpoint) computes what the authors' model computes instead: output chunk i of a g-group conv
