@@ -206,3 +206,31 @@ def test_spans_and_whether_the_hypervolume_difference_exceeds_noise(comparison):
     noisy = compare(OPS_FRONT, LATENCY_FRONT, TARGET, Noisy(MEASURED), budgets=[10.0])
     assert noisy.hypervolume_verdict() == "latency front larger, within measurement noise"
     assert "within measurement noise" in report_text(noisy) and "spans 5.00x on the OPs front" in report_text(noisy)
+
+
+def test_a_subnet_far_from_its_prediction_is_measured_again(monkeypatch):
+    """One reading 2.4x its prediction (a slow window the reference beside it missed) is discarded
+    and measured once more; the second stands and both are reported. Readings near their
+    predictions are left alone."""
+    from hwnas.search import comparison as cmp
+    from hwnas.targets.store import Key, Measurement, Store, network_key
+    from hwnas.targets.target import load_target
+
+    target = load_target("local")
+    near, far = NASBNN.smallest(), NASBNN.largest()
+    readings = {near: [1.0], far: [2.4, 1.1]}
+    calls: list[list[Arch]] = []
+
+    def fake_measure(target, archs, resolution, timing=None):
+        calls.append(list(archs))
+        return {a: Measurement(Key("network", "{}", resolution), readings[a].pop(0), 0.01, 10, "now") for a in archs}
+
+    monkeypatch.setattr(cmp, "measure_networks", fake_measure)
+    discarded: list = []
+    monkeypatch.setattr(Store, "discard", lambda self, keys: discarded.extend(keys))
+    measured = fake_measure(target, [near, far], 224)
+    report = cmp.remeasure_far(target, measured, {near: 1.05, far: 1.0}, 224)
+    assert calls[-1] == [far] and discarded == [network_key(far, 224)]
+    assert measured[far].nominal_ms == 1.1 and measured[near].nominal_ms == 1.0
+    assert [(r["first_ms"], r["second_ms"], r["predicted_ms"]) for r in report] == [(2.4, 1.1, 1.0)]
+    assert cmp.remeasure_far(target, measured, {near: 1.05, far: 1.0}, 224) == ()  # nothing far now

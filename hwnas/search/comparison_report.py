@@ -79,6 +79,9 @@ def _ranking_lines(c: Comparison) -> list[str]:
             f"Latency-front subnets measured over the search's budget of {over['budget_ms']:g} ms: "
             f"{over['over']}/{over['n']} ({over['share']:.0%}); predictions were held to it times {over['margin']:.3f}."
         )
+    if c.remeasured:
+        again = ", ".join(f"{r['first_ms']:.3g} -> {r['second_ms']:.3g} ms" for r in c.remeasured)
+        lines.append(f"Measured again for disagreeing with their predictions by more than 1.5x: {again}.")
     return lines
 
 
