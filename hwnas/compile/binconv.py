@@ -165,32 +165,39 @@ def _divisors_desc(n: int, limit: int) -> list[int]:
 
 
 def _whole_registers(vb: int, lanes: int) -> bool:
-    """True when ``vb`` word lanes fill 1, 2 or 4 SIMD registers, or part of one.
+    """True when ``vb`` word lanes fill 1, 2 or 4 SIMD registers, or a power-of-two part of one.
 
     Three registers' worth (vb = 24 of 8 lanes, 12 of 4) or one and a half (24 of 16) measured 1.5-3.4x
     slower than the next smaller tile on 5x5 and strided group convs (AVX-512 and AVX2 builds,
-    docs/performance.md): LLVM splits such vectors unevenly.
+    docs/performance.md): LLVM splits such vectors unevenly. So did three quarters of one: the
+    24 -> 24 3x3 conv at 112x112 (32-bit words, 16 lanes) took 119 us at vb 12 and 53 us at vb 8.
     """
-    return vb < lanes or (vb % lanes == 0 and (vb // lanes) & (vb // lanes - 1) == 0)
+    return vb & (vb - 1) == 0 and (vb < lanes or vb % lanes == 0)
 
 
 def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
     """Pick the register tile for a shape on a target (measured on Zen 5, AVX-512 and AVX2 builds).
 
     Words are 32 bits where that halves the padded bits and the target has a 32-bit vector
-    popcount, else 64. vb is up to four SIMD registers of word lanes (as c_out / groups allows), a
-    power of two of them or part of one (:func:`_whole_registers`): one broadcast activation word
-    then feeds up to four xor-popcount-add chains. For k x k convs px is the
-    largest divisor of W_out that keeps about 8 accumulator registers. For 1x1 convs one pixel
-    per tile measured 20-30 % faster than 7 pixels: LLVM then keeps the block's weights in
-    registers across the x loop. Other tile shapes within these bounds differ by less than the
-    run-to-run noise.
+    popcount, else 64. vb is up to four SIMD registers of word lanes (as c_out / groups allows),
+    a power of two of them or of a part of one (:func:`_whole_registers`): one broadcast
+    activation word then feeds up to four xor-popcount-add chains. Where the shortcut tiles the
+    input's channels (c_out > c_in), vb divides c_in, so a block's shortcut channels stay
+    contiguous: the 24 -> 48 1x1 conv at 112x112 took 90 us at vb 16 (blocks across the wrap at
+    24) and 57 at vb 8 (48 -> 64 at 56x56: 35 and 12 us). For k x k convs px is the largest
+    divisor of W_out that keeps about 8 accumulator registers. For 1x1 convs one pixel per tile
+    measured 20-30 % faster than 7 pixels: LLVM then keeps the block's weights in registers
+    across the x loop. Other tile shapes within these bounds differ by less than the run-to-run
+    noise.
     """
     word_bits = 64
     if has_vector_popcount(target) and 2 * shape.words(32) * 32 <= shape.words(64) * 64:
         word_bits = 32
     lanes = vector_bits(target) // word_bits
     divisors = _divisors_desc(shape.cog, 4 * lanes)
+    if shape.c_out > shape.c_in:  # tiled shortcut (channel j reads j mod c_in): no block across a wrap
+        # not below 4: vb 1 or 2 from this rule (c_in 3 at an eighth of the widths) failed verification
+        divisors = [d for d in divisors if shape.c_in % d == 0 and d >= 4] or divisors
     vb = next((d for d in divisors if _whole_registers(d, lanes)), divisors[0])
     regs_per_pixel = -(-vb // lanes)
     px = 1 if shape.k == 1 else _divisors_desc(shape.out_width, max(1, ACC_REGISTERS // regs_per_pixel))[0]
