@@ -130,7 +130,7 @@ def test_conv_affine_epilogue_and_explicit_tile() -> None:
     ("mcpu", "dims", "tile"),
     [  # (c_in, c_out, k, groups, stride, H=W): a power of two of registers, or part of one
         ("znver4", (96, 96, 5, 2, 1, 56), Tile(4, 16, 64)),  # 48 per group: not 24 lanes of 8
-        ("znver4", (96, 96, 5, 4, 2, 56), Tile(7, 8, 32)),  # 24 per group: not 24 lanes of 16, nor 12
+        ("znver4", (96, 96, 5, 4, 2, 56), Tile(7, 12, 32)),  # 24 per group, strided: not 24 lanes of 16
         ("znver4", (24, 24, 3, 1, 1, 112), Tile(8, 8, 32)),  # a power of two within one register
         ("znver4", (24, 48, 1, 1, 1, 112), Tile(1, 8, 32)),  # tiled shortcut: vb divides c_in
         ("znver4", (48, 64, 1, 1, 1, 56), Tile(1, 16, 64)),  # not 32: blocks across the wrap at 48

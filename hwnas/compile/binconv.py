@@ -164,15 +164,19 @@ def _divisors_desc(n: int, limit: int) -> list[int]:
     return [d for d in range(min(n, limit), 0, -1) if n % d == 0]
 
 
-def _whole_registers(vb: int, lanes: int) -> bool:
+def _whole_registers(vb: int, lanes: int, stride: int = 1) -> bool:
     """True when ``vb`` word lanes fill 1, 2 or 4 SIMD registers, or a power-of-two part of one.
 
     Three registers' worth (vb = 24 of 8 lanes, 12 of 4) or one and a half (24 of 16) measured 1.5-3.4x
     slower than the next smaller tile on 5x5 and strided group convs (AVX-512 and AVX2 builds,
     docs/performance.md): LLVM splits such vectors unevenly. So did three quarters of one: the
-    24 -> 24 3x3 conv at 112x112 (32-bit words, 16 lanes) took 119 us at vb 12 and 53 us at vb 8.
+    24 -> 24 3x3 conv at 112x112 (32-bit words, 16 lanes) took 119 us at vb 12 and 53 us at vb 8;
+    strided group convs with 24 channels per group were 13-31 % faster at vb 12 than at 8, so
+    there part of a register may be any size.
     """
-    return vb & (vb - 1) == 0 and (vb < lanes or vb % lanes == 0)
+    if vb < lanes:
+        return stride > 1 or vb & (vb - 1) == 0
+    return vb % lanes == 0 and (vb // lanes) & (vb // lanes - 1) == 0
 
 
 def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
@@ -198,7 +202,7 @@ def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
     if shape.c_out > shape.c_in:  # tiled shortcut (channel j reads j mod c_in): no block across a wrap
         # not below 4: vb 1 or 2 from this rule (c_in 3 at an eighth of the widths) failed verification
         divisors = [d for d in divisors if shape.c_in % d == 0 and d >= 4] or divisors
-    vb = next((d for d in divisors if _whole_registers(d, lanes)), divisors[0])
+    vb = next((d for d in divisors if _whole_registers(d, lanes, shape.stride)), divisors[0])
     regs_per_pixel = -(-vb // lanes)
     px = 1 if shape.k == 1 else _divisors_desc(shape.out_width, max(1, ACC_REGISTERS // regs_per_pixel))[0]
     return Tile(px=px, vb=vb, word_bits=word_bits)
