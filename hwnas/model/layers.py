@@ -112,7 +112,6 @@ class BinaryConv2d(nn.Module):
         weight_norm: bool,
         convention: Convention = Convention.HWNAS,
         dense: bool = False,
-        band_half: int | None = None,
     ) -> None:
         super().__init__()
         k = max(kernels)
@@ -124,8 +123,8 @@ class BinaryConv2d(nn.Module):
         )
         self.weight_norm = weight_norm
         self.nasbnn = Convention(convention) is Convention.NASBNN
-        self.dense = dense and not self.nasbnn  # dense group weights (GroupWeights)
-        self.half = band_half  # dense group weights stored as a band of offsets; None: as columns
+        self.dense = dense  # dense group weights (GroupWeights), stored as a band of offsets when narrower
+        self.half = (c_in_per_group - 1) // 2 if dense and c_in_per_group < c_out else None  # None: as columns
         self._columns: dict[tuple[int, int], Tensor] = {}
 
     def _normalize(self, w: Tensor) -> Tensor:
@@ -275,11 +274,9 @@ class SeparableBlock(nn.Module):
         nasbnn = Convention(convention) is Convention.NASBNN
         self.rsign1 = RSign(c_in, torch_sign=nasbnn)
         dense = GroupWeights(group_weights) is GroupWeights.DENSE and not nasbnn
-        half: int | None = c_in // min_groups - 1  # the widest group's offsets: a band of 2 * half + 1
-        if not dense or 2 * half + 1 >= c_in:
-            half = None
-        stored = (c_in if half is None else 2 * half + 1) if dense else c_in // min_groups
-        self.conv1 = BinaryConv2d(c_in, stored, kernels, bi_transform, weight_norm, convention, dense, half)
+        # dense: the widest group's offsets, a band of 2 * (c_in / min groups) - 1 columns, or all c_in
+        stored = min(c_in, 2 * (c_in // min_groups) - 1) if dense else c_in // min_groups
+        self.conv1 = BinaryConv2d(c_in, stored, kernels, bi_transform, weight_norm, convention, dense)
         self.bn1 = ElasticBatchNorm2d(c_in)
         self.act1 = RPReLU(c_in)
         self.rsign2 = RSign(c_in, torch_sign=nasbnn)
