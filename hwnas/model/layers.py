@@ -125,7 +125,7 @@ class BinaryConv2d(nn.Module):
         self.nasbnn = Convention(convention) is Convention.NASBNN
         self.dense = dense  # dense group weights (GroupWeights), stored as a band of offsets when narrower
         self.half = (c_in_per_group - 1) // 2 if dense and c_in_per_group < c_out else None  # None: as columns
-        self._columns: dict[tuple[int, int], Tensor] = {}
+        self._columns: dict[tuple[int, int, torch.device], Tensor] = {}
 
     def _normalize(self, w: Tensor) -> Tensor:
         if not self.weight_norm:
@@ -142,7 +142,7 @@ class BinaryConv2d(nn.Module):
         if self.dense and groups > 1:
             if c_out != c_in:
                 raise ValueError(f"dense group weights need c_out == c_in, got {c_out} and {c_in}")
-            key = (c_in, groups)
+            key = (c_in, groups, self.weight.device)  # the module may move to another device after a call
             if key not in self._columns:
                 self._columns[key] = group_columns(c_in, groups, self.half).to(self.weight.device)
             cols = self._columns[key]
