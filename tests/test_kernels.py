@@ -84,7 +84,7 @@ def test_conv_matches_torch(target_name: str, dims: tuple[int, ...]) -> None:
     np.testing.assert_array_equal(out, expected)
 
 
-EXPLICIT_TILES = [Tile(4, 8), Tile(8, 4, 32), Tile(1, 24), Tile(7, 2), Tile(7, 12, 32)]
+EXPLICIT_TILES = [Tile(1, 1), Tile(4, 8), Tile(8, 4, 32), Tile(1, 24), Tile(7, 2), Tile(7, 12, 32)]
 
 
 @pytest.mark.parametrize("tile", EXPLICIT_TILES, ids=str)

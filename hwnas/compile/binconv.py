@@ -200,8 +200,7 @@ def choose_tile(shape: ConvShape, target: tvm.target.Target) -> Tile:
     lanes = vector_bits(target) // word_bits
     divisors = _divisors_desc(shape.cog, 4 * lanes)
     if shape.c_out > shape.c_in:  # tiled shortcut (channel j reads j mod c_in): no block across a wrap
-        # not below 4: vb 1 or 2 from this rule (c_in 3 at an eighth of the widths) failed verification
-        divisors = [d for d in divisors if shape.c_in % d == 0 and d >= 4] or divisors
+        divisors = [d for d in divisors if shape.c_in % d == 0] or divisors
     vb = next((d for d in divisors if _whole_registers(d, lanes, shape.stride)), divisors[0])
     regs_per_pixel = -(-vb // lanes)
     px = 1 if shape.k == 1 else _divisors_desc(shape.out_width, max(1, ACC_REGISTERS // regs_per_pixel))[0]
@@ -289,8 +288,9 @@ def schedule_conv(func: tirx.PrimFunc, tile: Tile) -> tirx.PrimFunc:
     # allocation (TVMBackendAllocWorkspace) in every parallel task
     out = sch.get_sblock("out")
     sch.reverse_compute_at(out, xo)
-    oc = sch.get_loops(out)[-1]
-    sch.vectorize(oc)
+    channel_loops = sch.get_loops(out)[3:]  # below b, y, xo; none at vb = 1, where the last loop
+    if channel_loops:  # would be xo itself, and vectorizing it (the reduction inside) miscomputed
+        sch.vectorize(channel_loops[-1])
     # parallel and vectorize before decompose_reduction: afterwards the update block is no longer
     # a reduction block and both primitives refuse it
     sch.parallel(sch.fuse(b, y))
