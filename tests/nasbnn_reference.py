@@ -116,21 +116,23 @@ def _active_weight(w: Tensor, sd: dict, p: str, inp: int, oup: int, k: int, grou
     f = w[:oup, :inp]
     if k < big:
         lo = (big - k) // 2
-        f = f[:, :, lo : lo + k, lo : lo + k].reshape(-1, k * k) @ sd[p + f"matrix_{big}to{k}"].t()
+        f = F.linear(f[:, :, lo : lo + k, lo : lo + k].reshape(-1, k * k), sd[p + f"matrix_{big}to{k}"])
         f = f.reshape(oup, -1, k, k)
     sub = inp // groups
     ratio = f.shape[1] // sub
     f = torch.cat([part[:, (i % ratio) * sub : (i % ratio) * sub + sub] for i, part in enumerate(f.chunk(groups))])
     if binary and k == big and k > 1:
-        f = (f.reshape(-1, k * k) @ sd[p + f"fp2bin_{k}"].t()).reshape(f.shape)
+        f = F.linear(f.reshape(-1, k * k), sd[p + f"fp2bin_{k}"]).reshape(f.shape)
     return f
 
 
-def _bin_conv(x: Tensor, sd: dict, p: str, oup: int, k: int, groups: int, stride: int) -> Tensor:
+def _bin_conv(x: Tensor, sd: dict, p: str, oup: int, k: int, groups: int, stride: int, round_once: bool) -> Tensor:
     w = _active_weight(sd[p + "weight"], sd, p, x.shape[1], oup, k, groups, binary=True)
     n = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / w.std(dim=(1, 2, 3), keepdim=True)
-    wb = n.abs().mean(dim=(1, 2, 3), keepdim=True) * torch.sign(n)
-    return F.conv2d(x, wb, stride=stride, padding=(k - 1) // 2, groups=groups)
+    scale = n.abs().mean(dim=(1, 2, 3), keepdim=True)
+    if round_once:  # the exact sum of +-1 terms, times the scale: one rounding, as hwnas computes it
+        return F.conv2d(x, torch.sign(n), stride=stride, padding=(k - 1) // 2, groups=groups) * scale.view(1, -1, 1, 1)
+    return F.conv2d(x, scale * torch.sign(n), stride=stride, padding=(k - 1) // 2, groups=groups)
 
 
 def _bn_apply(x: Tensor, sd: dict, p: str) -> Tensor:
@@ -159,8 +161,13 @@ def _shortcut_add(out: Tensor, res: Tensor) -> Tensor:
     return out + res
 
 
-def reference_logits(sd: dict[str, Tensor], cand: Tensor, x: Tensor) -> Tensor:
-    """Their supernet's logits for candidate rows ``cand`` on images ``x`` (eval mode)."""
+def reference_logits(sd: dict[str, Tensor], cand: Tensor, x: Tensor, round_once: bool = False) -> Tensor:
+    """Their supernet's logits for candidate rows ``cand`` on images ``x`` (eval mode).
+
+    Their binary conv sums terms +-scale in float, in the order of PyTorch's conv kernel; with
+    ``round_once`` it sums the +-1 terms exactly and multiplies by the scale once, as hwnas does.
+    Every other op is theirs, in their order, so that variant is hwnas's output bit for bit.
+    """
     with torch.no_grad():
         for i, j, c, k, g1, _ in cand.tolist():
             if i == -1 or j == -1:
@@ -174,11 +181,13 @@ def reference_logits(sd: dict[str, Tensor], cand: Tensor, x: Tensor) -> Tensor:
                 continue
             stride = CFG[i][4] if j == 0 else 1
             y = torch.sign(_plus(x, sd, p + "move11.bias"))
-            y = _bn_apply(_bin_conv(y, sd, p + "binary_conv.", x.shape[1], k, g1, stride), sd, p + "bn1.bn.")
+            y = _bn_apply(
+                _bin_conv(y, sd, p + "binary_conv.", x.shape[1], k, g1, stride, round_once), sd, p + "bn1.bn."
+            )
             y = _plus(_shortcut_add(y, x), sd, p + "move12.bias")
             y = _plus(F.prelu(y, sd[p + "prelu1.prelu.weight"][: y.shape[1]]), sd, p + "move13.bias")
             z = torch.sign(_plus(y, sd, p + "move21.bias"))
-            z = _bn_apply(_bin_conv(z, sd, p + "binary_conv1x1.", c, 1, 1, 1), sd, p + "bn2.bn.")
+            z = _bn_apply(_bin_conv(z, sd, p + "binary_conv1x1.", c, 1, 1, 1, round_once), sd, p + "bn2.bn.")
             z = _plus(_shortcut_add(z, y), sd, p + "move22.bias")
             x = _plus(F.prelu(z, sd[p + "prelu2.prelu.weight"][:c]), sd, p + "move23.bias")
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)

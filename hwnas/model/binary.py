@@ -45,14 +45,25 @@ def binary_activation(x: Tensor, torch_sign: bool = False) -> Tensor:
     return _ApproxSign.apply(x, torch_sign)
 
 
-def channel_norm(w: Tensor, eps: float = 1e-5, unbiased: bool = False) -> Tensor:
+def channel_norm(w: Tensor, eps: float = 1e-5) -> Tensor:
     """Channel-wise weight normalization: zero mean, unit variance per output channel.
 
     hwnas divides by sqrt(biased variance + eps); the authors' code (``nasbnn`` convention) by
-    the unbiased standard deviation without eps (``eps=0, unbiased=True``).
+    the unbiased standard deviation without eps: :func:`authors_channel_norm`.
     """
-    var, mean = torch.var_mean(w, dim=tuple(range(1, w.dim())), keepdim=True, unbiased=unbiased)
+    var, mean = torch.var_mean(w, dim=tuple(range(1, w.dim())), keepdim=True, unbiased=False)
     return (w - mean) / torch.sqrt(var + eps)
+
+
+def authors_channel_norm(w: Tensor) -> Tensor:
+    """The authors' weight normalization, (w - mean) / unbiased std, with their ops in their order.
+
+    The same value as ``channel_norm(w, eps=0)`` with the unbiased variance, but ``var_mean``
+    rounds otherwise: one ulp in a scale moves a pre-sign value across its threshold now and then,
+    and a binary network turns that into logits 5-10 % apart (docs/real-scale.md).
+    """
+    dims = tuple(range(1, w.dim()))
+    return (w - w.mean(dim=dims, keepdim=True)) / w.std(dim=dims, keepdim=True)
 
 
 class _WeightSign(torch.autograd.Function):
@@ -83,6 +94,12 @@ def weight_sign(w: Tensor) -> tuple[Tensor, Tensor]:
 def bi_transform(w: Tensor, theta: Tensor) -> Tensor:
     """Bi-Transformation: each k x k kernel, flattened, times the layer's k^2 x k^2 matrix."""
     return (w.flatten(2) @ theta).view_as(w)
+
+
+def authors_transform(w: Tensor, theta: Tensor) -> Tensor:
+    """:func:`bi_transform` as the authors' code calls it: ``F.linear`` with their matrix M = theta^T
+    stored contiguously, the BLAS call (and so the rounding) their kernel and Bi-Transformation make."""
+    return F.linear(w.reshape(-1, theta.shape[0]), theta.t().contiguous()).view_as(w)
 
 
 class PerChannel(nn.Module):

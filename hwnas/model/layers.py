@@ -33,6 +33,8 @@ from torch import Tensor, nn
 from hwnas.model.binary import (
     RPReLU,
     RSign,
+    authors_channel_norm,
+    authors_transform,
     bi_transform,
     channel_norm,
     init_lsq_step,
@@ -130,7 +132,7 @@ class BinaryConv2d(nn.Module):
     def _normalize(self, w: Tensor) -> Tensor:
         if not self.weight_norm:
             return w
-        return channel_norm(w, eps=0.0, unbiased=True) if self.nasbnn else channel_norm(w)
+        return authors_channel_norm(w) if self.nasbnn else channel_norm(w)
 
     def active_weight(self, c_out: int, c_in: int, k: int, groups: int) -> Tensor:
         """The shared weight's part a configuration uses, before Bi-Transformation and normalization.
@@ -158,7 +160,7 @@ class BinaryConv2d(nn.Module):
                 break
             w = narrow(w, (*w.shape[:2], small, small))
             if f"k{small}" in self.theta:
-                w = bi_transform(w.contiguous(), self.theta[f"k{small}"])
+                w = authors_transform(w.contiguous(), self.theta[f"k{small}"])
         w = narrow(w, (*w.shape[:2], k, k))
         width = c_in // groups
         ratio = w.shape[1] // width
@@ -182,7 +184,7 @@ class BinaryConv2d(nn.Module):
         theta = self.bi_matrix(k)
         if self.nasbnn:  # Bi-Transformation, then normalization
             w = self.active_weight(c_out, c_in, k, groups)
-            w = self._normalize(w if theta is None else bi_transform(w, theta))
+            w = self._normalize(w if theta is None else authors_transform(w, theta))
         else:  # normalization, then Bi-Transformation
             w = self.real_weight(c_out, c_in, k, groups)
             w = w if theta is None else bi_transform(w, theta)
