@@ -42,7 +42,9 @@ runs in parallel. Timers load and time on the device, from the driver's thread o
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,6 +57,7 @@ from hwnas.targets.configs import NETWORK_CLASSES, PartConfig
 from hwnas.targets.driver import LayerMeasure, NetworkMeasure, PartMeasure, RetryLater, Timer
 from hwnas.targets.session import DEFAULT_TIMING, Session, SlowWindows, Timing
 
+_log = logging.getLogger(__name__)
 _IR_LOCK = threading.Lock()
 
 PROBE_LAYER = LayerConfig(c_in=128, c_out=128, k=3, g=4, stride=1, size_in=28)
@@ -201,27 +204,45 @@ def network_measure(
 REFERENCE_ARCH = NASBNN.smallest()
 """The reference network timed beside every batch of measurements (about 4 ms at 224 here)."""
 REFERENCE_RESOLUTION = 224
-REFERENCE_TRIES = 4
-"""Readings of the reference tried before giving up (each waits out slow windows for a while)."""
+REFERENCE_WAIT_S = 600.0
+"""How long a reading of the reference keeps trying while the device stays in slow windows. Each
+try waits out a window for ``SLOW_WAIT_S``; this VM's "two speeds" state flipped between 1x and 2x
+for minutes (2026-12-01: four tries, one minute, were not enough and stopped a pipeline)."""
 
 
-def reference_reader(session: Session, timing: Timing = DEFAULT_TIMING) -> Callable[[], float]:
+def reference_reader(
+    session: Session, timing: Timing = DEFAULT_TIMING, clock: Callable[[], float] = time.monotonic
+) -> Callable[[], float]:
     """Times the reference network on the session's device: its median milliseconds per reading.
 
     Compiled and loaded once per session (kept on it). A reading that stays in a slow window is
-    tried again, up to ``REFERENCE_TRIES`` times, then a HwnasError stops the run: rows without a
-    trustworthy reference would be in unknown units.
+    tried again, for up to ``REFERENCE_WAIT_S``, then a HwnasError stops the run: rows without a
+    trustworthy reference would be in unknown units. What was measured before stays in the store,
+    so a rerun continues.
     """
     if session.reference is None:
         timer = network_measure(session, timing)(REFERENCE_ARCH, REFERENCE_RESOLUTION)
-
-        def read() -> float:
-            for _ in range(REFERENCE_TRIES):
-                try:
-                    return float(np.median(timer()))
-                except RetryLater:
-                    continue
-            raise HwnasError(f"the device stayed too slow to time the reference network {REFERENCE_TRIES} times")
-
-        session.reference = read
+        session.reference = _patient(timer, clock)
     return session.reference
+
+
+def _patient(timer: Timer, clock: Callable[[], float]) -> Callable[[], float]:
+    """``timer``'s median, tried again past its slow windows until ``REFERENCE_WAIT_S`` have passed."""
+
+    def read() -> float:
+        start = told = clock()
+        while True:
+            try:
+                return float(np.median(timer()))
+            except RetryLater:
+                waited = clock() - start
+                if waited >= REFERENCE_WAIT_S:
+                    raise HwnasError(
+                        f"the device stayed too slow to time the reference network for {waited / 60:.0f} min; "
+                        "rerun to continue (what was measured is kept)"
+                    ) from None
+                if clock() - told >= 60:
+                    told = clock()
+                    _log.warning("slow windows for %.0f s now; waiting to time the reference", waited)
+
+    return read

@@ -152,6 +152,21 @@ def test_rerun_continues_the_study_and_reuses_cached_accuracy(run_copy):
     assert search(run_copy, settings, trials=6, progress=False).trials == 6  # nothing left to do
 
 
+def test_a_subnet_proposed_again_is_not_counted_as_a_trial(run_copy):
+    """Repeats finish (the sampler learns from them) but the study runs on to ``trials`` distinct subnets."""
+    settings = SearchSettings("latency", (TARGETS[0],))
+    search(run_copy, settings, trials=3, sampler="random", seed=1, progress=False)
+    study, _ = load_study(open_storage(default_storage(run_copy)), None)
+    again = finished(study)[-1].params
+    for _ in range(2):
+        study.enqueue_trial(again)
+    result = search(run_copy, settings, trials=5, sampler="random", seed=1, progress=False)
+    done = finished(study)
+    assert len(done) == 7 and result.trials == 5 and result.repeats == 2
+    assert len({json.dumps(t.user_attrs["arch"], sort_keys=True) for t in done}) == 5
+    assert [t.user_attrs["cached_accuracy"] for t in done[3:5]] == [True, True]
+
+
 def test_paper_sampler_in_a_search_keeps_nd(run_copy):
     result = search(run_copy, SearchSettings("ops", ()), trials=12, sampler="paper", progress=False)
     study, _ = load_study(open_storage(result.storage), "ops")

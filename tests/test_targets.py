@@ -18,10 +18,12 @@ from tvm.rpc.tracker import Tracker
 
 from hwnas.arch import Arch
 from hwnas.cli import main
+from hwnas.errors import HwnasError
 from hwnas.model import build_supernet
 from hwnas.predictors.ops import count_ops
 from hwnas.space import NASBNN
 from hwnas.targets import session as session_module
+from hwnas.targets import tvm_measures
 from hwnas.targets.configs import (
     LayerConfig,
     arch_configs,
@@ -498,3 +500,29 @@ def test_network_profiled_through_rpc(rpc_server):
         assert report.measured == 1 and not report.failed, report.failed
         (row,) = store.measurements("network")
     assert row.median_ms > 0 and row.repeats == 2
+
+
+def test_the_reference_waits_out_slow_windows_for_minutes_then_says_rerun():
+    """The VM's "two speeds" state flipped for minutes; four tries (a minute) had stopped a pipeline."""
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def flaky(slow: int):
+        left = [slow]
+
+        def timer() -> list[float]:
+            now[0] += 20.0  # each try waits out a window
+            if left[0]:
+                left[0] -= 1
+                raise SlowDevice("the device stayed in a slow window for 15 s")
+            return [1.0, 3.0, 2.0]
+
+        return timer
+
+    assert tvm_measures._patient(flaky(10), clock)() == 2.0  # 200 s of slow windows: read
+    now[0] = 0.0
+    with pytest.raises(HwnasError, match="rerun to continue"):
+        tvm_measures._patient(flaky(1000), clock)()
+    assert now[0] >= tvm_measures.REFERENCE_WAIT_S

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="latency", help="cost to minimise (default latency)")
     p.add_argument("--budget-ms", type=float, default=None, help="constraint: predicted latency at most X ms")
     p.add_argument("--budget-mops", type=float, default=None, help="constraint: OPs at most Y millions")
-    p.add_argument("--trials", type=int, default=100, help="finished trials the study should have (default 100)")
+    p.add_argument("--trials", type=int, default=100, help="distinct subnets to evaluate (default 100)")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="default tpe")
     p.add_argument("--resolution", type=int, default=224, help="deployment input size priced (default 224)")
     _storage_flags(p)
@@ -77,7 +77,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     result = search(args.run, settings, args.trials, args.sampler, args.seed, args.storage, args.study, args.workers)
     text = _front_text(result.front, settings)
     text += (
-        f"\nstudy {result.study}: {result.trials} trials, {result.feasible} feasible, "
+        f"\nstudy {result.study}: {result.trials} trials, {result.feasible} feasible, {result.repeats} repeats, "
         f"front of {len(result.front)}; storage {result.storage}"
     )
     emit(args, result.to_json(), text)
