@@ -73,3 +73,17 @@ def test_network_speed_flags_an_implausible_baseline(monkeypatch) -> None:
     small = _timing(2.0, timing.LARGE_NETWORK_MACS // 10)  # a small input: overheads, not judged
     monkeypatch.setattr(timing, "torch_network", lambda *args: small)
     timing.network_speed("lib.so", NASBNN.smallest(), 10, 32).check()
+
+
+def test_network_speed_keeps_each_sides_best_round(monkeypatch) -> None:
+    """A slow state lasting one round (2.4x for TVM here, once) does not make the speedup."""
+    from hwnas.compile import timing
+    from hwnas.space import NASBNN
+
+    tvm = iter([timing.CallTime(0.00018, 0.0002), timing.CallTime(0.000075, 0.00008), timing.CallTime(0.00009, 0.0001)])
+    monkeypatch.setattr(timing, "tvm_library", lambda *args: next(tvm))
+    torch = _timing(80.0, timing.LARGE_NETWORK_MACS // 10)
+    monkeypatch.setattr(timing, "torch_network", lambda *args: torch)
+    speed = timing.network_speed("lib.so", NASBNN.smallest(), 10, 32)
+    assert speed.tvm.best_s == 0.000075 and speed.speedup == pytest.approx(torch.best_s / 0.000075)
+    assert speed.to_json()["round_speedups"] == pytest.approx([torch.best_s / t for t in (0.00018, 0.000075, 0.00009)])
