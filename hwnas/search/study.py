@@ -56,10 +56,10 @@ WORKERS_ATTR = "hwnas_workers"
 ANCHOR_ATTR = "anchor"
 CLAIMED = (TrialState.COMPLETE, TrialState.RUNNING)
 POLL_S = 1.0
+"""How often a worker waiting for other workers' running trials looks again."""
 REPEAT_CAP = 3
 """A study also stops after this many times its ``trials`` finished trials, short of ``trials``
 distinct subnets: a small space, or a sampler that keeps proposing what it has seen."""
-"""How often a worker waiting for other workers' running trials looks again."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+:=@-]*")
 
 
