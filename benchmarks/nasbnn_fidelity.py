@@ -118,13 +118,13 @@ def main() -> None:
                 row = {
                     "subnet": index,
                     "torch_rel_l2": rel_l2(got, ref),
-                    "torch_top1_equal": bool(got.argmax() == ref.argmax()),
+                    "torch_top1_equal": same_top1(got, ref),
                 }
                 if net is not None:
                     compiled = torch.from_numpy(net(x.numpy()))
                     row |= {
                         "compiled_rel_l2": rel_l2(compiled, ref),
-                        "compiled_top1_equal": bool(compiled.argmax() == ref.argmax()),
+                        "compiled_top1_equal": same_top1(compiled, ref),
                     }
                 rows.append(row)
             print(

@@ -210,9 +210,7 @@ try waits out a window for ``SLOW_WAIT_S``; this VM's "two speeds" state flipped
 for minutes (2026-12-01: four tries, one minute, were not enough and stopped a pipeline)."""
 
 
-def reference_reader(
-    session: Session, timing: Timing = DEFAULT_TIMING, clock: Callable[[], float] = time.monotonic
-) -> Callable[[], float]:
+def reference_reader(session: Session, timing: Timing = DEFAULT_TIMING) -> Callable[[], float]:
     """Times the reference network on the session's device: its median milliseconds per reading.
 
     Compiled and loaded once per session (kept on it). A reading that stays in a slow window is
@@ -222,11 +220,11 @@ def reference_reader(
     """
     if session.reference is None:
         timer = network_measure(session, timing)(REFERENCE_ARCH, REFERENCE_RESOLUTION)
-        session.reference = _patient(timer, clock)
+        session.reference = _patient(timer)
     return session.reference
 
 
-def _patient(timer: Timer, clock: Callable[[], float]) -> Callable[[], float]:
+def _patient(timer: Timer, clock: Callable[[], float] = time.monotonic) -> Callable[[], float]:
     """``timer``'s median, tried again past its slow windows until ``REFERENCE_WAIT_S`` have passed."""
 
     def read() -> float:

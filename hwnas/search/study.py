@@ -416,13 +416,16 @@ class SearchResult:
         }
 
 
-def summary(study: optuna.Study, storage: str, settings: SearchSettings, seconds: float = 0.0) -> SearchResult:
+def tally(study: optuna.Study) -> tuple[int, int, int]:
+    """Distinct subnets of the finished trials, how many of them are feasible, and the repeats."""
     done = finished(study)
     subnets = distinct(done)
-    feasible = sum(map(is_feasible, subnets))
-    return SearchResult(
-        study.study_name, storage, settings, len(subnets), feasible, front(study), seconds, len(done) - len(subnets)
-    )
+    return len(subnets), sum(map(is_feasible, subnets)), len(done) - len(subnets)
+
+
+def summary(study: optuna.Study, storage: str, settings: SearchSettings, seconds: float = 0.0) -> SearchResult:
+    subnets, feasible, repeats = tally(study)
+    return SearchResult(study.study_name, storage, settings, subnets, feasible, front(study), seconds, repeats)
 
 
 def search(
@@ -477,11 +480,8 @@ def _anchors(space: SearchSpace) -> dict[str, dict[str, int]]:
 
 def _tick(bar: tqdm, study: optuna.Study) -> None:
     """Progress: distinct subnets done, how many are feasible, repeats, the size of the current front."""
-    done = finished(study)
-    subnets = distinct(done)
-    bar.n = len(subnets)
-    feasible = sum(map(is_feasible, subnets))
-    bar.set_postfix(feasible=feasible, repeats=len(done) - len(subnets), front=len(study.best_trials), refresh=False)
+    bar.n, feasible, repeats = tally(study)
+    bar.set_postfix(feasible=feasible, repeats=repeats, front=len(study.best_trials), refresh=False)
     bar.refresh()
 
 
