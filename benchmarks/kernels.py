@@ -3,9 +3,12 @@
 For every binary layer shape of stages 2-5 of the search space at 224x224 input, on the same
 number of threads: ``torch.nn.functional.conv2d`` float32, then the TVM kernel built for this host
 (``local``) and its AVX2-only build (runs here too), each with its activation packer. The headline
-speedup includes packing: torch / (kernel + packer of the same target).
+speedup includes packing: torch / (kernel + packer of the same target). The AVX2 build is priced
+against PyTorch kept to AVX2 (``torch_avx2_us``; :data:`hwnas.compile.timing.ISA_LIMITS`), the
+baseline an AVX2-only machine runs; its ratio against this host's PyTorch is printed beside it
+(``speedup_avx2_host_torch``).
 
-Method (:mod:`hwnas.compile.timing`): PyTorch runs first, alone, in a fresh process; TVM runs
+Method (:mod:`hwnas.compile.timing`): PyTorch runs first, alone, in fresh processes; TVM runs
 afterwards in this process, which never runs PyTorch (their thread pools starve each other: timed
 in one process, PyTorch's convs ran 20-37x slow). Every figure is the best of ``--repeat``
 batches (the median batch is in the JSON as ``*_median_us``): other jobs on the cores inflate the
@@ -90,6 +93,7 @@ COLUMNS = (
     ("height", 4, "d"),
     ("torch_us", 9, ".1f"),
     ("torch_gflops", 12, ".0f"),
+    ("torch_avx2_us", 13, ".1f"),
     ("local_us", 9, ".1f"),
     ("x86-avx2_us", 11, ".1f"),
     ("pack_us", 8, ".1f"),
@@ -129,12 +133,16 @@ def measure_tvm(shape: ConvShape, targets: dict, repeat: int, min_repeat_ms: int
 
 
 def speedups(row: dict, suffix: str = "") -> None:
-    """Headline ratios (packing included) and the kernel-only ones, from best or median times."""
+    """Headline ratios (packing included) and the kernel-only ones, from best or median times; each
+    build against the PyTorch of its instruction set, the AVX2 build also against this host's."""
     packs = {"local": row[f"pack{suffix}_us"], "x86-avx2": row[f"x86-avx2_pack{suffix}_us"]}
+    baselines = {"local": row[f"torch{suffix}_us"], "x86-avx2": row[f"torch_avx2{suffix}_us"]}
     for name, short in (("local", "local"), ("x86-avx2", "avx2")):
         kernel = row[f"{name}{suffix}_us"]
-        row[f"speedup_{short}{suffix}"] = row[f"torch{suffix}_us"] / (kernel + packs[name])
-        row[f"speedup_{short}_kernel{suffix}"] = row[f"torch{suffix}_us"] / kernel
+        row[f"speedup_{short}{suffix}"] = baselines[name] / (kernel + packs[name])
+        row[f"speedup_{short}_kernel{suffix}"] = baselines[name] / kernel
+    avx2 = row[f"x86-avx2{suffix}_us"] + packs["x86-avx2"]
+    row[f"speedup_avx2_host_torch{suffix}"] = row[f"torch{suffix}_us"] / avx2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, shapes: list[Shape], log) -> int:
     load_before = os.getloadavg()[0]
-    # PyTorch first, alone, in a fresh process; TVM's pool in this one starts only afterwards
+    # PyTorch first, alone, in fresh processes (all of this host's ISA, then AVX2 only); TVM's pool
+    # in this one starts only afterwards
     baseline: list[CallTime] = torch_convs(shapes, args.threads, args.repeat, args.min_repeat_ms)
     gflops = check_baseline(baseline, "the large shapes", args.min_gflops)
+    baseline_avx2 = torch_convs(shapes, args.threads, args.repeat, args.min_repeat_ms, isa="avx2")
+    gflops_avx2 = check_baseline(baseline_avx2, "the large shapes (AVX2)", args.min_gflops)
     threads = tvm_targets.set_num_threads(args.threads)
     described = {name: load_target(name) for name in TARGETS}
     targets = {name: t.tvm_target() for name, t in described.items()}
@@ -172,10 +183,12 @@ def run(args: argparse.Namespace, shapes: list[Shape], log) -> int:
     print(" ".join(f"{name:>{width}}" for name, width, _ in COLUMNS), file=log)
     rng = np.random.default_rng(0)
     rows = []
-    for (c_in, c_out, k, g, s, h), torch_time in zip(shapes, baseline, strict=True):
+    for (c_in, c_out, k, g, s, h), torch_time, avx2_time in zip(shapes, baseline, baseline_avx2, strict=True):
         row = {"c_in": c_in, "c_out": c_out, "k": k, "groups": g, "stride": s, "height": h}
         row.update(torch_us=torch_time.best_s * 1e6, torch_median_us=torch_time.median_s * 1e6)
         row.update(torch_gflops=torch_time.gflops, macs=torch_time.macs)
+        row.update(torch_avx2_us=avx2_time.best_s * 1e6, torch_avx2_median_us=avx2_time.median_s * 1e6)
+        row.update(torch_avx2_gflops=avx2_time.gflops)
         row.update(measure_tvm(ConvShape(c_in, c_out, k, g, s, h, h), targets, args.repeat, args.min_repeat_ms, rng))
         speedups(row)
         speedups(row, "_median")
@@ -183,29 +196,40 @@ def run(args: argparse.Namespace, shapes: list[Shape], log) -> int:
         print(" ".join(f"{row[name]:>{width}{fmt}}" for name, width, fmt in COLUMNS), file=log, flush=True)
     summary = {
         key: statistics.median(r[key] for r in rows)
-        for key in ("speedup_local", "speedup_avx2", "speedup_local_kernel", "speedup_avx2_kernel")
+        for key in (
+            "speedup_local",
+            "speedup_avx2",
+            "speedup_local_kernel",
+            "speedup_avx2_kernel",
+            "speedup_avx2_host_torch",
+        )
     }
     summary_median = {key: statistics.median(r[f"{key}_median"] for r in rows) for key in summary}
     print(f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after", file=log)
     if gflops is not None:
         print(f"torch fp32 on the large shapes: median {gflops:.0f} GFLOP/s (best batches)", file=log)
+    if gflops_avx2 is not None:
+        print(f"torch fp32 kept to AVX2, the large shapes: median {gflops_avx2:.0f} GFLOP/s", file=log)
     print(
         f"median speedup local: {summary['speedup_local']:.1f} (with packing; kernel alone "
         f"{summary['speedup_local_kernel']:.1f})",
         file=log,
     )
     print(
-        f"median speedup avx2: {summary['speedup_avx2']:.1f} (with packing; kernel alone "
-        f"{summary['speedup_avx2_kernel']:.1f})",
+        f"median speedup avx2: {summary['speedup_avx2']:.1f} against PyTorch kept to AVX2 (with packing; "
+        f"kernel alone {summary['speedup_avx2_kernel']:.1f}); {summary['speedup_avx2_host_torch']:.1f} "
+        "against this host's PyTorch",
         file=log,
     )
     if args.json:
         json.dump(
             {
                 "threads": threads,
-                "method": "torch alone in a fresh process, then TVM; best of repeat batches; packing included",
+                "method": "torch alone in fresh processes (host ISA; AVX2 only for the AVX2 build), then TVM; "
+                "best of repeat batches; packing included",
                 "local_target": described["local"].tvm,
                 "torch_gflops_large": gflops,
+                "torch_avx2_gflops_large": gflops_avx2,
                 "load_avg": [load_before, os.getloadavg()[0]],
                 "rows": rows,
                 **{f"median_{key}": value for key, value in summary.items()},

@@ -8,12 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hwnas.compile import timing as timing_module
 from hwnas.compile.timing import (
     LARGE_MACS,
     CallTime,
     check_baseline,
     conv_macs,
     in_fresh_process,
+    isa_environment,
     torch_convs,
 )
 from hwnas.errors import HwnasError
@@ -21,6 +23,29 @@ from hwnas.errors import HwnasError
 
 def test_fresh_process_is_another_process() -> None:
     assert in_fresh_process(os.getpid) != os.getpid()
+
+
+def test_fresh_process_starts_with_the_environment_given_and_leaves_ours() -> None:
+    name = "HWNAS_TEST_ISA_VARIABLE"
+    assert in_fresh_process(os.getenv, name, env={name: "AVX2"}) == "AVX2"
+    assert name not in os.environ
+    assert in_fresh_process(os.getenv, name) is None
+
+
+def test_an_avx2_baseline_runs_on_avx2_or_says_it_cannot() -> None:
+    """Kept to AVX2, PyTorch reports AVX2 (checked inside ``torch_convs``); a host without AVX2
+    gets one clear error instead of a baseline of another instruction set."""
+    assert isa_environment(None) == {}
+    with pytest.raises(HwnasError, match="no way to keep PyTorch to 'sse9'"):
+        isa_environment("sse9")
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        with pytest.raises(HwnasError, match="not avx2"):
+            torch_convs([(8, 8, 1, 1, 1, 4)], threads=1, repeat=1, min_repeat_ms=1, isa="avx2")
+        return
+    [timing] = torch_convs([(8, 8, 1, 1, 1, 4)], threads=1, repeat=1, min_repeat_ms=1, isa="avx2")
+    assert timing.macs == 8 * 8 * 16
+    with pytest.raises(HwnasError, match="PyTorch ran with AVX512, not avx2"):
+        timing_module._check_capability("AVX512", "avx2")  # an environment PyTorch ignored
 
 
 @pytest.mark.parametrize("conv", [(16, 32, 3, 1, 2, 9), (24, 24, 5, 4, 1, 7), (8, 40, 1, 1, 1, 6)])

@@ -11,6 +11,11 @@ barriers than for TVM, while the best batch is what the code does when it gets t
 A sanity check keeps the baseline honest: its GFLOP/s (2 x MACs / s) must reach a plausible
 fraction of the machine (:func:`check_gflops`); a baseline at a few GFLOP/s means the benchmark
 measured contention, not PyTorch.
+
+A kernel built for another instruction set (the ``x86-avx2`` target, run on an AVX-512 host) is
+priced against PyTorch kept to that instruction set (:data:`ISA_LIMITS`): the float32 network a
+machine with only AVX2 would run. Against this host's AVX-512 PyTorch, which no AVX2 machine has,
+its ratio would mix two machines.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import multiprocessing
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,10 +68,49 @@ class CallTime:
         return {**asdict(self), "gflops": self.gflops}
 
 
-def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in a newly spawned Python process (no thread pool of this one alive there)."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+ISA_LIMITS: dict[str, dict[str, str]] = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+"""Environment that keeps PyTorch's float32 kernels to one instruction set: ATen's vectorised ops,
+oneDNN's convolutions and MKL's GEMMs each read one variable when they first run. On an AVX-512
+host, AVX2 halved the large convs' GFLOP/s (430 -> 220 on 2 vCPUs, docs/performance.md)."""
+
+
+def in_fresh_process(fn: Callable[..., Any], *args: Any, env: dict[str, str] | None = None) -> Any:
+    """``fn(*args)`` in a newly spawned Python process (no thread pool of this one alive there),
+    started with ``env`` added to this process's environment."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, _environment(env or {}):
+        future = pool.submit(fn, *args)  # the worker is spawned here, inheriting the environment
+    return future.result()
+
+
+@contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def isa_environment(isa: str | None) -> dict[str, str]:
+    """The variables that keep PyTorch to ``isa`` (None: the host's best, no variables)."""
+    if isa is None:
+        return {}
+    if isa not in ISA_LIMITS:
+        raise HwnasError(f"no way to keep PyTorch to {isa!r}; known: {', '.join(ISA_LIMITS)}")
+    return ISA_LIMITS[isa]
+
+
+def _check_capability(capability: str, isa: str | None) -> None:
+    """Raise unless PyTorch ran with ``isa`` (its vectorised ops report the capability they use)."""
+    if isa is not None and capability.lower() != isa:
+        raise HwnasError(f"PyTorch ran with {capability}, not {isa}: this machine cannot give an {isa} baseline")
 
 
 def time_callable(fn: Callable[[], object], repeat: int, min_repeat_ms: float) -> tuple[float, float]:
@@ -90,12 +135,19 @@ def conv_macs(conv: Conv) -> int:
     return out * out * c_out * (c_in // groups) * k * k
 
 
-def torch_convs(convs: list[Conv], threads: int, repeat: int = 15, min_repeat_ms: float = 10) -> list[CallTime]:
-    """``torch.nn.functional.conv2d`` float32 on each conv, timed in a fresh process."""
-    return in_fresh_process(_torch_convs, convs, threads, repeat, min_repeat_ms)
+def torch_convs(
+    convs: list[Conv], threads: int, repeat: int = 15, min_repeat_ms: float = 10, isa: str | None = None
+) -> list[CallTime]:
+    """``torch.nn.functional.conv2d`` float32 on each conv, timed in a fresh process; with ``isa``
+    ("avx2"), PyTorch kept to that instruction set (:data:`ISA_LIMITS`; raises if it was not)."""
+    capability, timings = in_fresh_process(
+        _torch_convs, convs, threads, repeat, min_repeat_ms, env=isa_environment(isa)
+    )
+    _check_capability(capability, isa)
+    return timings
 
 
-def _torch_convs(convs: list[Conv], threads: int, repeat: int, min_repeat_ms: float) -> list[CallTime]:
+def _torch_convs(convs: list[Conv], threads: int, repeat: int, min_repeat_ms: float) -> tuple[str, list[CallTime]]:
     import torch
     import torch.nn.functional as F
 
@@ -115,7 +167,7 @@ def _torch_convs(convs: list[Conv], threads: int, repeat: int, min_repeat_ms: fl
                     min_repeat_ms,
                 )
             )
-    return out
+    return torch.backends.cpu.get_cpu_capability(), out
 
 
 def _retimed(
