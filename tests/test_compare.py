@@ -217,8 +217,8 @@ def test_a_subnet_far_from_its_prediction_is_measured_again(monkeypatch):
     from hwnas.targets.target import load_target
 
     target = load_target("local")
-    near, far = NASBNN.smallest(), NASBNN.largest()
-    readings = {near: [1.0], far: [2.4, 1.1]}
+    near, far, off = NASBNN.smallest(), NASBNN.largest(), NASBNN.sample(random.Random(5))
+    readings = {near: [1.0], far: [2.4, 1.1], off: [1.3, 1.02]}  # off: 1.3x, as a slow window read it
     calls: list[list[Arch]] = []
 
     def fake_measure(target, archs, resolution, timing=None):
@@ -228,9 +228,10 @@ def test_a_subnet_far_from_its_prediction_is_measured_again(monkeypatch):
     monkeypatch.setattr(cmp, "measure_networks", fake_measure)
     discarded: list = []
     monkeypatch.setattr(Store, "discard", lambda self, keys: discarded.extend(keys))
-    measured = fake_measure(target, [near, far], 224)
-    report = cmp.remeasure_far(target, measured, {near: 1.05, far: 1.0}, 224)
-    assert calls[-1] == [far] and discarded == [network_key(far, 224)]
-    assert measured[far].nominal_ms == 1.1 and measured[near].nominal_ms == 1.0
-    assert [(r["first_ms"], r["second_ms"], r["predicted_ms"]) for r in report] == [(2.4, 1.1, 1.0)]
-    assert cmp.remeasure_far(target, measured, {near: 1.05, far: 1.0}, 224) == ()  # nothing far now
+    measured = fake_measure(target, [near, far, off], 224)
+    predicted = {near: 1.05, far: 1.0, off: 1.0}
+    report = cmp.remeasure_far(target, measured, predicted, 224)
+    assert calls[-1] == [far, off] and discarded == [network_key(far, 224), network_key(off, 224)]
+    assert measured[far].nominal_ms == 1.1 and measured[near].nominal_ms == 1.0 and measured[off].nominal_ms == 1.02
+    assert [(r["first_ms"], r["second_ms"], r["predicted_ms"]) for r in report] == [(2.4, 1.1, 1.0), (1.3, 1.02, 1.0)]
+    assert cmp.remeasure_far(target, measured, predicted, 224) == ()  # nothing far now
