@@ -330,6 +330,22 @@ def test_anchor_trial_of_a_dead_worker_is_enqueued_again(run_copy, fast_heartbea
     assert [t.state for t in trials].count(optuna.trial.TrialState.FAIL) == 1
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_a_worker_killed_before_its_first_heartbeat_does_not_hang_the_rerun(run_copy, fast_heartbeat):
+    """Killed between ``ask`` and its first heartbeat, a worker leaves a running trial that Optuna's
+    stale check never sees; the rerun must still free its slot and finish (it waited forever)."""
+    settings = SearchSettings("latency", (TARGETS[0],))
+    url = default_storage(run_copy)
+    search(run_copy, settings, trials=0, progress=False)
+    study = optuna.load_study(study_name="latency-x86-avx2", storage=open_storage(url))
+    silent = study.ask()  # no heartbeat: the worker died right here
+    assert silent.user_attrs["anchor"] == "smallest"
+    time.sleep(2.5)
+    assert search(run_copy, settings, trials=3, sampler="random", progress=False).trials == 3
+    trials = _assert_exact(url, "latency-x86-avx2", 3, run_copy)
+    assert [t.state for t in trials].count(optuna.trial.TrialState.FAIL) == 1
+
+
 def test_a_study_scored_by_other_weights_is_refused(run_copy, capsys):
     assert main(["search", str(run_copy), "--target", TARGETS[0], "--trials", "2", "--sampler", "random"]) == 0
     capsys.readouterr()

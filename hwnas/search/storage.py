@@ -19,11 +19,13 @@ import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import optuna
-from optuna.trial import FrozenTrial
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -161,3 +163,34 @@ def heartbeats(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[N
     finally:
         stop.set()
         thread.join()
+
+
+def revive_silent_trials(study: optuna.Study) -> list[int]:
+    """Give every RUNNING trial that started over two heartbeat intervals ago and never recorded a
+    heartbeat one heartbeat now, so that Optuna's stale check (which skips trials without one) fails
+    it one grace period later like any dead worker's trial; returns their ids.
+
+    A worker killed between ``ask`` and its first heartbeat (two transactions) left such a trial:
+    the rerun then waited for it forever (seen once under load in the kill -9 test on PostgreSQL).
+    A live trial given a heartbeat this way loses nothing: it records its own."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    if not interval:
+        return []
+    cutoff = datetime.now() - timedelta(seconds=2 * interval)
+    running = [
+        t._trial_id
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and t.datetime_start < cutoff
+    ]
+    if not running:
+        return []
+    query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+        sqlalchemy.bindparam("ids", expanding=True)
+    )
+    with storage.engine.connect() as connection:
+        beating = {row[0] for row in connection.execute(query, {"ids": running})}
+    silent = [trial_id for trial_id in running if trial_id not in beating]
+    for trial_id in silent:
+        storage.record_heartbeat(trial_id)
+    return silent

@@ -41,7 +41,7 @@ from hwnas.search.encoding import Encoding
 from hwnas.search.objectives import AccuracyOracle, CostModel
 from hwnas.search.points import Point, is_feasible
 from hwnas.search.samplers import EVOLUTION, make_sampler
-from hwnas.search.storage import StorageLock, heartbeats, open_storage, redact, storage_error
+from hwnas.search.storage import StorageLock, heartbeats, open_storage, redact, revive_silent_trials, storage_error
 from hwnas.space import SearchSpace
 from hwnas.train.checkpoint import FILENAME as CHECKPOINT
 from hwnas.train.run import Run, load_run
@@ -349,6 +349,7 @@ def claim(study: optuna.Study, trials: int, lock: StorageLock) -> Trial | None:
             # for optimize(): this loop sends them itself (see heartbeats)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            revive_silent_trials(study)  # a trial killed before its first heartbeat goes stale too
             optuna.storages.fail_stale_trials(study)
             claimed = study.get_trials(deepcopy=False, states=CLAIMED)
             done = [t for t in claimed if t.state == TrialState.COMPLETE]
