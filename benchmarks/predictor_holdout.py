@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import random
 import shutil
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.arch import Arch
+from hwnas.environ import patched_environ
 from hwnas.paths import HOME_ENV, data_dir
 from hwnas.predictors.latency import LatencyPredictor
 from hwnas.predictors.metrics import accuracy
@@ -81,15 +81,8 @@ def holdout(name: str, n: int, seed: int) -> dict[str, Any]:
             store.copy_to(Path(private) / store_path(name).relative_to(data_dir()))
             if user_targets_dir().is_dir():
                 shutil.copytree(user_targets_dir(), Path(private) / user_targets_dir().relative_to(data_dir()))
-            real_home = os.environ.get(HOME_ENV)
-            os.environ[HOME_ENV] = private
-            try:
+            with patched_environ({HOME_ENV: private}):
                 return _measure(name, predictor, archs, res, start)
-            finally:
-                if real_home is None:
-                    del os.environ[HOME_ENV]
-                else:
-                    os.environ[HOME_ENV] = real_home
 
 
 def _measure(name: str, predictor: LatencyPredictor, archs: list[Arch], res: int, start: float) -> dict[str, Any]:

@@ -25,9 +25,8 @@ import multiprocessing
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.arch import Arch
+from hwnas.environ import patched_environ
 from hwnas.errors import HwnasError
 
 MIN_GFLOPS = 10.0
@@ -79,23 +79,9 @@ host, AVX2 halved the large convs' GFLOP/s (430 -> 220 on 2 vCPUs, docs/performa
 def in_fresh_process(fn: Callable[..., Any], *args: Any, env: dict[str, str] | None = None) -> Any:
     """``fn(*args)`` in a newly spawned Python process (no thread pool of this one alive there),
     started with ``env`` added to this process's environment."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, _environment(env or {}):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, patched_environ(env or {}):
         future = pool.submit(fn, *args)  # the worker is spawned here, inheriting the environment
     return future.result()
-
-
-@contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def isa_environment(isa: str | None) -> dict[str, str]:
