@@ -8,7 +8,7 @@ import torch
 from hwnas.model import Mode
 from hwnas.space import NASBNN, scaled_space
 from hwnas.train.config import TrainConfig
-from hwnas.train.init import init_thresholds
+from hwnas.train.init import init_thresholds, zero_init_residual
 from hwnas.train.optim import build_optimizer, decays
 from hwnas.train.sandwich import Sandwich
 from hwnas.train.supernet import build_model, config_space
@@ -83,3 +83,42 @@ def test_sandwich_trains_the_deployable_largest_besides_its_teacher() -> None:
     space = config_space(config)
     assert modes[:3] == [(space.largest(), Mode.FWBA), (space.largest(), Mode.BWBA), (space.smallest(), Mode.BWBA)]
     assert len(modes) == 4 and {"loss_teacher", "loss_largest", "loss_smallest"} <= set(parts)
+
+
+def test_zero_initialised_residual_branches_start_every_block_as_its_shortcuts() -> None:
+    """With both BatchNorm scales of every block at 0 the supernet's output does not depend on any
+    binary conv weight (each block is its shortcuts), so every subnet sharing the stem and the
+    widths starts as the same function; the default initialisation depends on them."""
+    torch.manual_seed(0)
+    net = build_model(tiny(), 10).eval()
+    x = torch.randn(4, 3, 16, 16)
+
+    def output_moves_with_conv_weights() -> bool:
+        before = net(x)
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if ".conv" in name and name.endswith("weight"):
+                    p.add_(torch.randn_like(p))
+        return not torch.allclose(net(x), before)
+
+    assert output_moves_with_conv_weights()
+    zero_init_residual(net)
+    assert not output_moves_with_conv_weights()
+    blocks = [m for name, m in net.named_modules() if name.endswith(("bn1", "bn2"))]
+    assert blocks and all(not bn.weight.detach().any() for bn in blocks)
+
+
+def test_a_fresh_run_starts_from_zero_residual_branches_unless_told_otherwise(tmp_path) -> None:
+    """After one Adam step from zero, every block's BatchNorm scale is within the learning rate of 0;
+    ``--no-zero-init-residual`` starts them at 1, as before."""
+    from hwnas.train.run import load_run, train_supernet
+
+    for flag, near_zero in ((True, True), (False, False)):
+        config = tiny(max_steps=1, zero_init_residual=flag)
+        train_supernet(config, tmp_path / str(flag))
+        scales = [
+            float(m.weight.abs().max())
+            for name, m in load_run(tmp_path / str(flag)).supernet.named_modules()
+            if name.endswith(("bn1", "bn2"))
+        ]
+        assert (max(scales) <= 1.01 * config.lr) is near_zero, (flag, max(scales))

@@ -41,6 +41,7 @@ class TrainConfig:
     teacher: str = "fwba"  # mode of the largest subnet: fwba (the paper's Bi-Teacher), bwba or fwfa
     distill: bool = True  # students learn the teacher's soft labels (else CE on the labels)
     num_random: int = 1  # random subnets per step besides the largest and the smallest
+    zero_init_residual: bool = True  # every block starts as its shortcuts (BN scales 0); docs/training.md
     epochs: int = 60
     batch_size: int = 64
     base_lr: float = 8e-2  # at base_batch; docs/training.md
