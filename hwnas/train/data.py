@@ -4,9 +4,9 @@
   upsampled bilinearly to the configured resolution, three equal channels, normalised; a
   stratified 70 / 15 / 15 split with a fixed seed. No augmentation: a digit is not flip-invariant
   and the tensors stay in memory, which also makes resume bit-exact.
-- ``clutter``: the same digits under affine warps, clutter, colour and noise (:mod:`hwnas.train.clutter`):
-  a task on which accuracy grows with a subnet's capacity; generated once per resolution and
-  split seed and cached in the data directory.
+- ``clutter``: pairs of the same digits (100 classes) under affine warps, clutter and noise
+  (:mod:`hwnas.train.clutter`): a task on which accuracy grows with a subnet's capacity;
+  generated once per resolution and split seed and cached in the data directory.
 - ``imagefolder:PATH``: ``PATH/train`` (or ``PATH`` itself) as the training tree, with
   ``val_per_class`` images per class held out for the search (the paper's 50); the test split is
   ``PATH/val`` when it exists. Train: RandomResizedCrop + horizontal flip; eval: Resize(256/224 of
@@ -98,12 +98,14 @@ def _digits(config: TrainConfig, indices: dict[str, list[int]] | None) -> Splits
 
 def _clutter(config: TrainConfig) -> Splits:
     """The generated splits (every image of each: the splits are disjoint by construction), normalised."""
+    from hwnas.train.clutter import CLASSES as CLUTTER_CLASSES
+
     images, labels = clutter_cached(config.resolution, config.split_seed)
     mean, std = CLUTTER_MEAN, CLUTTER_STD
     norm = [(images[n] - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1) for n in images]
     parts = {n: TensorDataset(x, labels[n]) for n, x in zip(images, norm, strict=True)}
     indices = {n: list(range(len(labels[n]))) for n in labels}
-    return Splits(parts["train"], parts["val"], parts["test"], 10, indices)
+    return Splits(parts["train"], parts["val"], parts["test"], CLUTTER_CLASSES, indices)
 
 
 CLUTTER_MEAN, CLUTTER_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
