@@ -56,7 +56,7 @@ def test_summary_statistics() -> None:
 def test_runs_saved_before_dense_group_weights_load_with_their_rule(tmp_path) -> None:
     """A config.json without ``group_weights`` (written before the key existed) means ``first``:
     such a run loads and computes what it did; a new run records ``dense``, the default. Likewise
-    ``zero_init_residual``: absent means the run started without it (it only acts at the start)."""
+    ``residual_init``: absent means the plain scale 1 (it only acts at the start)."""
     import json
 
     from hwnas.train.run import read_config, train_supernet
@@ -66,12 +66,12 @@ def test_runs_saved_before_dense_group_weights_load_with_their_rule(tmp_path) ->
     train_supernet(tiny(max_steps=1, group_weights="first"), old)
     train_supernet(tiny(max_steps=1), new)
     assert json.loads((new / "config.json").read_text())["group_weights"] == "dense"
-    assert json.loads((new / "config.json").read_text())["zero_init_residual"] is True
+    assert json.loads((new / "config.json").read_text())["residual_init"] == 0.2
     saved = json.loads((old / "config.json").read_text())
-    del saved["group_weights"], saved["zero_init_residual"]
+    del saved["group_weights"], saved["residual_init"]
     (old / "config.json").write_text(json.dumps(saved))
     assert read_config(old).group_weights == "first"
-    assert read_config(old).zero_init_residual is False
+    assert read_config(old).residual_init == 1.0
     run = load_run(old)
     conv = run.supernet.stages[2][1].conv1
     assert conv.weight.shape[1] < conv.weight.shape[0] and not conv.dense

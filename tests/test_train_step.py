@@ -8,7 +8,7 @@ import torch
 from hwnas.model import Mode
 from hwnas.space import NASBNN, scaled_space
 from hwnas.train.config import TrainConfig
-from hwnas.train.init import init_thresholds, zero_init_residual
+from hwnas.train.init import init_thresholds, scale_residual_branches
 from hwnas.train.optim import build_optimizer, decays
 from hwnas.train.sandwich import Sandwich
 from hwnas.train.supernet import build_model, config_space
@@ -85,7 +85,7 @@ def test_sandwich_trains_the_deployable_largest_besides_its_teacher() -> None:
     assert len(modes) == 4 and {"loss_teacher", "loss_largest", "loss_smallest"} <= set(parts)
 
 
-def test_zero_initialised_residual_branches_start_every_block_as_its_shortcuts() -> None:
+def test_residual_branches_scaled_to_zero_start_every_block_as_its_shortcuts() -> None:
     """With both BatchNorm scales of every block at 0 the supernet's output does not depend on any
     binary conv weight (each block is its shortcuts), so every subnet sharing the stem and the
     widths starts as the same function; the default initialisation depends on them."""
@@ -102,23 +102,23 @@ def test_zero_initialised_residual_branches_start_every_block_as_its_shortcuts()
         return not torch.allclose(net(x), before)
 
     assert output_moves_with_conv_weights()
-    zero_init_residual(net)
+    scale_residual_branches(net, 0.0)
     assert not output_moves_with_conv_weights()
     blocks = [m for name, m in net.named_modules() if name.endswith(("bn1", "bn2"))]
     assert blocks and all(not bn.weight.detach().any() for bn in blocks)
 
 
-def test_a_fresh_run_starts_from_zero_residual_branches_unless_told_otherwise(tmp_path) -> None:
-    """After one Adam step from zero, every block's BatchNorm scale is within the learning rate of 0;
-    ``--no-zero-init-residual`` starts them at 1, as before."""
+def test_a_fresh_run_starts_its_residual_branches_at_the_configured_scale(tmp_path) -> None:
+    """After one Adam step every block's BatchNorm scale is within the learning rate of where it
+    started: ``residual_init`` (0.2 by default), or 1 with ``--residual-init 1`` (the plain start)."""
     from hwnas.train.run import load_run, train_supernet
 
-    for flag, near_zero in ((True, True), (False, False)):
-        config = tiny(max_steps=1, zero_init_residual=flag)
-        train_supernet(config, tmp_path / str(flag))
+    for start in (0.2, 1.0):
+        config = tiny(max_steps=1) if start == 0.2 else tiny(max_steps=1, residual_init=start)
+        train_supernet(config, tmp_path / str(start))
         scales = [
-            float(m.weight.abs().max())
-            for name, m in load_run(tmp_path / str(flag)).supernet.named_modules()
+            m.weight.detach()
+            for name, m in load_run(tmp_path / str(start)).supernet.named_modules()
             if name.endswith(("bn1", "bn2"))
         ]
-        assert (max(scales) <= 1.01 * config.lr) is near_zero, (flag, max(scales))
+        assert scales and all(float((w - start).abs().max()) <= 1.01 * config.lr for w in scales), start

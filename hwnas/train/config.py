@@ -41,7 +41,9 @@ class TrainConfig:
     teacher: str = "fwba"  # mode of the largest subnet: fwba (the paper's Bi-Teacher), bwba or fwfa
     distill: bool = True  # students learn the teacher's soft labels (else CE on the labels)
     num_random: int = 1  # random subnets per step besides the largest and the smallest
-    zero_init_residual: bool = True  # every block starts as its shortcuts (BN scales 0); docs/training.md
+    residual_init: float = (
+        0.2  # starting scale of the BatchNorm closing each binary branch (1: plain); docs/training.md
+    )
     epochs: int = 60
     batch_size: int = 64
     base_lr: float = 8e-2  # at base_batch; docs/training.md
@@ -81,6 +83,8 @@ class TrainConfig:
         if self.convention not in CONVENTIONS:
             raise HwnasError(f"{where}: convention must be one of {list(CONVENTIONS)}, got {self.convention!r}")
         at_least_one(self, ("epochs", "batch_size", "resolution", "base_batch", "calib_batches", "eval_every"), where)
+        if not 0 <= self.residual_init <= 10:
+            raise HwnasError(f"{where}: residual_init must be in [0, 10], got {self.residual_init!r}")
         if self.group_weights not in GROUP_WEIGHTS:
             raise HwnasError(f"{where}: group_weights must be one of {list(GROUP_WEIGHTS)}, got {self.group_weights!r}")
         if self.parallel not in PARALLEL:

@@ -23,7 +23,7 @@ from hwnas.train.config import Config, TrainConfig, coerce, load_toml
 from hwnas.train.data import Splits, build_splits, load_indices, save_indices
 from hwnas.train.distributed import Dist, default_processes, init_distributed, launched, spawn
 from hwnas.train.evaluate import preload, stream
-from hwnas.train.init import init_thresholds, zero_init_residual
+from hwnas.train.init import init_thresholds, scale_residual_branches
 from hwnas.train.loop import LoopData, train_loop
 from hwnas.train.sandwich import Sandwich
 from hwnas.train.subnet_parallel import tasks_per_step, use_subnets
@@ -68,8 +68,8 @@ def read_config(run_dir: Path, base: Config = DEFAULTS) -> Config:
     try:
         values = json.loads(path.read_text())
         if isinstance(base, TrainConfig) and isinstance(values, dict):
-            # saved before dense group weights, resp. zero-initialised residual branches, existed
-            values = {"group_weights": "first", "zero_init_residual": False, **values}
+            # saved before dense group weights, resp. scaled-down residual branches, existed
+            values = {"group_weights": "first", "residual_init": 1.0, **values}
         return coerce(base, values, str(path))
     except FileNotFoundError:
         raise HwnasError(f"{run_dir} is not a training run (no {CONFIG})") from None
@@ -168,8 +168,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, d: Dist) -> tuple[B
     if not resume:
         supernet.set_active(space.largest())
         supernet.set_mode(config.teacher)
-        if config.zero_init_residual:
-            zero_init_residual(supernet)
+        scale_residual_branches(supernet, config.residual_init)
         init_thresholds(supernet, calib[0][0])
     data = LoopData(splits.train, calib, stream(splits.val, config.batch_size, config.workers))
     split = use_subnets(config.parallel, d.world, _tasks(config), d.device.type == "cuda")
