@@ -235,3 +235,15 @@ def test_a_subnet_far_from_its_prediction_is_measured_again(monkeypatch):
     assert measured[far].nominal_ms == 1.1 and measured[near].nominal_ms == 1.0 and measured[off].nominal_ms == 1.02
     assert [(r["first_ms"], r["second_ms"], r["predicted_ms"]) for r in report] == [(2.4, 1.1, 1.0), (1.3, 1.02, 1.0)]
     assert cmp.remeasure_far(target, measured, predicted, 224) == ()  # nothing far now
+
+
+def test_the_report_states_the_rule_its_second_measurements_followed(comparison):
+    """The remeasure line names the threshold in force (``REMEASURE_OFF``), not a former one."""
+    from dataclasses import replace
+
+    from hwnas.search.comparison import REMEASURE_OFF
+
+    again = replace(comparison, remeasured=({"first_ms": 2.4, "second_ms": 1.1, "predicted_ms": 1.0},))
+    line = next(x for x in report_text(again).splitlines() if "Measured again" in x)
+    assert f"more than {REMEASURE_OFF:.0%}: 2.4 -> 1.1 ms" in line and "1.5x" not in line
+    assert "Measured again" not in report_text(comparison)

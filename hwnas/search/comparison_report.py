@@ -9,7 +9,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hwnas.files import atomic_path, atomic_write_text
-from hwnas.search.comparison import FRONTS, ROW, Comparison, MeasuredPoint, by_measured, by_ops, objectives
+from hwnas.search.comparison import (
+    FRONTS,
+    REMEASURE_OFF,
+    ROW,
+    Comparison,
+    MeasuredPoint,
+    by_measured,
+    by_ops,
+    objectives,
+)
 from hwnas.search.hypervolume import non_dominated
 from hwnas.textfmt import table
 
@@ -81,7 +90,9 @@ def _ranking_lines(c: Comparison) -> list[str]:
         )
     if c.remeasured:
         again = ", ".join(f"{r['first_ms']:.3g} -> {r['second_ms']:.3g} ms" for r in c.remeasured)
-        lines.append(f"Measured again for disagreeing with their predictions by more than 1.5x: {again}.")
+        lines.append(
+            f"Measured again for disagreeing with their predictions by more than {REMEASURE_OFF:.0%}: {again}."
+        )
     return lines
 
 
