@@ -122,10 +122,13 @@ RETIMES = 2
 """Passes over a batch whose readings disagree; after the last, the rows keep that pass's timings
 and carry the median of its two readings and a third (logged)."""
 SLOW_STATE = 1.15
-"""A batch whose (agreeing) readings are more than this times the store's nominal reference was
-timed in one of the device's slow states, which slow networks unevenly (here the reference 1.9x,
-other networks 1.25-1.7x), so the reference ratio corrects them only roughly: such a batch is
-timed once more at the end of the run, when the state has usually passed, and its rows replaced."""
+"""A batch whose (agreeing) readings are more than this times the fastest reference known (the
+store's nominal one or the run's fastest reading, whichever is faster) was timed in one of the
+device's slow states, which slow networks unevenly (here the reference 1.9x, other networks
+1.25-1.7x), so the reference ratio corrects them only roughly: such a batch is timed once more at
+the end of the run, when the state has usually passed, and its rows replaced. Batches are judged
+again once the run's timings are done: a run that began in a slow state learns only later how
+fast the device is (docs/latency.md)."""
 
 
 SLOW_STATE_WAIT_S = 90.0
@@ -172,6 +175,7 @@ def run_jobs(
     streak = 0
     batch: list[tuple[Key, Timer]] = []  # rows stored since the batch's opening reading, with their timers
     slow_batches: list[list[tuple[Key, Timer]]] = []  # timed in a slow state: timed again at the end
+    closed: list[tuple[float, list[tuple[Key, Timer]]]] = []  # every batch of this run, with its reference
 
     def read() -> float:
         ms = reference()  # type: ignore[misc]
@@ -200,45 +204,70 @@ def run_jobs(
                 f"after it; its rows take the median, {value:.3f} ms"
             )
         store.set_reference([key for key, _ in batch], value)
-        nominal = store.nominal_reference_ms()
-        if not final and nominal and value > SLOW_STATE * nominal:
+        fastest = baseline()
+        if not final and fastest and value > SLOW_STATE * fastest:
             _log.warning(
-                f"a batch was timed in a slow state of the device (reference {value / nominal:.2f}x its nominal "
-                f"{nominal:.3f} ms): its {len(batch)} rows are timed again at the end of the run"
+                f"a batch was timed in a slow state of the device (reference {value / fastest:.2f}x the fastest "
+                f"{fastest:.3f} ms): its {len(batch)} rows are timed again at the end of the run"
             )
             slow_batches.append(list(batch))
+        elif not final:
+            closed.append((value, list(batch)))
         batch.clear()
+
+    def baseline() -> float | None:
+        """What a batch's reference is judged against: the faster of the store's nominal reference and
+        this run's fastest reading. A store whose first batch was timed in a slow state has a slow
+        nominal reference; judged against it alone, later slow batches would pass (SLOW_STATE)."""
+        candidates = list(report.references)
+        nominal = store.nominal_reference_ms()
+        if nominal:
+            candidates.append(nominal)
+        return min(candidates, default=None)
+
+    def recheck_closed_batches() -> None:
+        """Batches closed before a faster reading showed that the device had been in a slow state
+        (a run that began in one): those more than SLOW_STATE above the run's fastest reading join
+        the batches timed again at the end."""
+        fastest = baseline()
+        late = [rows for value, rows in closed if fastest and value > SLOW_STATE * fastest]
+        if late:
+            _log.warning(
+                f"{len(late)} batch(es) of this run were timed before a reading {fastest:.3f} ms showed the device "
+                "had been in a slow state: their rows are timed again at the end of the run"
+            )
+            slow_batches[:0] = late
 
     def retime_slow_batches() -> None:
         """One more pass over each batch timed in a slow state (its rows replaced), bracketed as any,
         once the device has left the slow state or :data:`SLOW_STATE_WAIT_S` has passed."""
-        opened = bool(slow_batches) and wait_for_nominal()
+        opened = bool(slow_batches) and wait_for_fast_state()
         for i, rows in enumerate(slow_batches):
             batch[:] = rows
             if _retime_pass(opening=not (opened and i == 0)):
                 close_batch(final=True)
             batch.clear()
 
-    def wait_for_nominal() -> bool:
-        """Read the reference until it is back within SLOW_STATE of nominal or the wait is over;
+    def wait_for_fast_state() -> bool:
+        """Read the reference until it is back within SLOW_STATE of the fastest known or the wait is over;
         True when it read (that reading opens the next pass)."""
-        nominal = store.nominal_reference_ms()
-        if not nominal or report.references[-1] <= SLOW_STATE * nominal:
+        fastest = baseline()
+        if not fastest or report.references[-1] <= SLOW_STATE * fastest:
             return False
         _log.warning(
-            f"the device is in a slow state (reference {report.references[-1] / nominal:.2f}x its nominal "
-            f"{nominal:.3f} ms): waiting up to {SLOW_STATE_WAIT_S:.0f} s for it to pass before timing "
+            f"the device is in a slow state (reference {report.references[-1] / fastest:.2f}x the fastest "
+            f"{fastest:.3f} ms): waiting up to {SLOW_STATE_WAIT_S:.0f} s for it to pass before timing "
             f"{len(slow_batches)} batch(es) again"
         )
         deadline = time.monotonic() + SLOW_STATE_WAIT_S
         while True:
             value = read()
-            if value <= SLOW_STATE * nominal:
+            if value <= SLOW_STATE * fastest:
                 return True
             if time.monotonic() >= deadline:
                 _log.warning(
-                    f"the device stayed in its slow state (reference {value / nominal:.2f}x nominal): the batches "
-                    "are timed again in it, and their rows read against that reference"
+                    f"the device stayed in its slow state (reference {value / fastest:.2f}x the fastest): the "
+                    "batches are timed again in it, and their rows read against that reference"
                 )
                 return True
             time.sleep(SLOW_STATE_POLL_S)
@@ -316,6 +345,7 @@ def run_jobs(
 
     with ThreadPoolExecutor(build_workers) if build_workers > 1 else nullcontext() as pool:
         if timed(_built(pending, pool), last_try=False) and timed(deferred, last_try=True):
+            recheck_closed_batches()
             retime_slow_batches()
     bar.close()
     return report
