@@ -84,19 +84,29 @@ def test_a_workers_error_comes_back_as_one(tmp_path: Path) -> None:
 
 def test_two_processes_splitting_the_subnets_take_the_one_process_step(tmp_path: Path) -> None:
     """Same batch, same subnets, gradients summed: one step equals one process's up to float
-    summation order (later steps drift apart as any two float orders do in a binary network)."""
+    summation order (later steps drift apart as any two float orders do in a binary network).
+
+    Adam's first step divides each gradient by its own magnitude, so a weight whose gradient
+    cancels to almost nothing (the subnets' contributions of opposite sign) moves by a share of lr
+    that the low bits of the sum decide: one element in 112,800 did, after residual branches started
+    at 0.2. Such elements may differ by up to two steps (2 lr), one in 10,000 at most; a wrong
+    split of the subnets or of the gradients moves far more."""
     from hwnas.train.run import train_supernet
 
-    train_supernet(tiny(processes=1, max_steps=1, num_random=2), tmp_path / "one")
+    config = tiny(processes=1, max_steps=1, num_random=2)
+    train_supernet(config, tmp_path / "one")
     train_supernet(tiny(processes=2, max_steps=1, num_random=2, parallel="subnets"), tmp_path / "two")
     one, two = (load_checkpoint(tmp_path / name / FILENAME)["model"] for name in ("one", "two"))
     before = _initial(tiny(num_random=2))
-    moved = 0
+    moved = compared = apart = 0
     for name, tensor in one.items():
         if "running_" in name or not tensor.is_floating_point():
             continue
-        torch.testing.assert_close(two[name], tensor, rtol=1e-5, atol=1e-7 * float(tensor.abs().max()) + 1e-9)
+        close = torch.isclose(two[name], tensor, rtol=1e-5, atol=1e-7 * float(tensor.abs().max()) + 1e-9)
+        compared, apart = compared + close.numel(), apart + int((~close).sum())
+        assert float((two[name] - tensor).abs().max()) <= 2.02 * config.lr, name
         moved += not torch.equal(tensor, before[name])
+    assert apart <= compared // 10_000, (apart, compared)
     assert moved > 100  # the step changed the weights (the comparison is not of two untrained nets)
 
 
