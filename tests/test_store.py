@@ -269,21 +269,27 @@ def test_a_batch_whose_readings_disagree_is_timed_again(store):
     assert [m.nominal_ms for m in rows] == pytest.approx([2.0] * 3)  # the store's first reference
 
 
-def test_a_batch_timed_in_a_slow_state_is_timed_again_at_the_end_of_the_run(store):
-    """The device's slow states slow networks unevenly, so a batch whose readings agree but sit far
-    above the store's nominal reference is timed once more after the others, and its rows replaced."""
-    configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 2]
-    second = set(configs[BUILD_CHUNK:])
-    readings = iter([4.0, 4.0, 8.0, 8.0, 4.0, 4.1])  # the second batch in a 2x slow state, over by the end
-    calls: dict[LayerConfig, int] = {}
+def slow_first_time(slow: set[LayerConfig], calls: dict[LayerConfig, int]) -> Callable:
+    """A fake measure: configs in ``slow`` time 3.0 ms the first time (a slow state slows them 1.5x,
+    unlike the reference's 2x), 2.0 ms afterwards, as every other config does; ``calls`` counts."""
 
     def measure(config):
         def timer():
             calls[config] = calls.get(config, 0) + 1
-            return [3.0 if config in second and calls[config] == 1 else 2.0]  # 1.5x slow, unlike the reference
+            return [3.0 if config in slow and calls[config] == 1 else 2.0]
 
         return timer
 
+    return measure
+
+
+def test_a_batch_timed_in_a_slow_state_is_timed_again_at_the_end_of_the_run(store):
+    """The device's slow states slow networks unevenly, so a batch whose readings agree but sit far
+    above the store's nominal reference is timed once more after the others, and its rows replaced."""
+    configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 2]
+    readings = iter([4.0, 4.0, 8.0, 8.0, 4.0, 4.1])  # the second batch in a 2x slow state, over by the end
+    calls: dict[LayerConfig, int] = {}
+    measure = slow_first_time(set(configs[BUILD_CHUNK:]), calls)
     report = run_jobs(store, layer_jobs(configs, 224, measure), progress=False, reference=lambda: next(readings))
     assert report.measured == len(configs) and len(report.to_json()["reference_ms"]) == 6
     rows = store.measurements("layer")
@@ -299,17 +305,9 @@ def test_a_run_that_began_in_a_slow_state_times_its_first_batches_again(store, m
     the reference). Judged against the run's fastest reading, they are timed again at the end."""
     warnings = logged_warnings(monkeypatch)
     configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 2]
-    first = set(configs[:BUILD_CHUNK])
     readings = iter([8.0, 8.0, 4.0, 4.0, 4.0, 4.1])  # slow first batch, fast second; the pass again, fast
     calls: dict[LayerConfig, int] = {}
-
-    def measure(config):
-        def timer():
-            calls[config] = calls.get(config, 0) + 1
-            return [3.0 if config in first and calls[config] == 1 else 2.0]  # 1.5x slow, unlike the reference
-
-        return timer
-
+    measure = slow_first_time(set(configs[:BUILD_CHUNK]), calls)
     report = run_jobs(store, layer_jobs(configs, 224, measure), progress=False, reference=lambda: next(readings))
     assert report.measured == len(configs) and report.to_json()["reference_ms"] == [8.0, 8.0, 4.0, 4.0, 4.0, 4.1]
     assert [calls[c] for c in configs] == [2] * BUILD_CHUNK + [1, 1]
