@@ -174,8 +174,8 @@ def run_jobs(
     deferred: list[tuple[Job, Timer]] = []
     streak = 0
     batch: list[tuple[Key, Timer]] = []  # rows stored since the batch's opening reading, with their timers
-    slow_batches: list[list[tuple[Key, Timer]]] = []  # timed in a slow state: timed again at the end
-    closed: list[tuple[float, list[tuple[Key, Timer]]]] = []  # every batch of this run, with its reference
+    # every batch of this run: its reference, its rows, and whether it was slow when it closed
+    closed: list[tuple[float, list[tuple[Key, Timer]], bool]] = []
 
     def read() -> float:
         ms = reference()  # type: ignore[misc]
@@ -204,65 +204,61 @@ def run_jobs(
                 f"after it; its rows take the median, {value:.3f} ms"
             )
         store.set_reference([key for key, _ in batch], value)
-        fastest = baseline()
-        if not final and fastest and value > SLOW_STATE * fastest:
-            _log.warning(
-                f"a batch was timed in a slow state of the device (reference {value / fastest:.2f}x the fastest "
-                f"{fastest:.3f} ms): its {len(batch)} rows are timed again at the end of the run"
-            )
-            slow_batches.append(list(batch))
-        elif not final:
-            closed.append((value, list(batch)))
+        if not final:
+            slow, fastest = in_slow_state(value), baseline()
+            if slow:
+                _log.warning(
+                    f"a batch was timed in a slow state of the device (reference {value / fastest:.2f}x the "
+                    f"fastest {fastest:.3f} ms): its {len(batch)} rows are timed again at the end of the run"
+                )
+            closed.append((value, list(batch), slow))
         batch.clear()
 
-    def baseline() -> float | None:
+    def baseline() -> float:
         """What a batch's reference is judged against: the faster of the store's nominal reference and
-        this run's fastest reading. A store whose first batch was timed in a slow state has a slow
-        nominal reference; judged against it alone, later slow batches would pass (SLOW_STATE)."""
-        candidates = list(report.references)
+        this run's fastest reading (there is one by the time a batch closes). A store whose first
+        batch was timed in a slow state has a slow nominal reference; judged against it alone, later
+        slow batches would pass (SLOW_STATE)."""
         nominal = store.nominal_reference_ms()
-        if nominal:
-            candidates.append(nominal)
-        return min(candidates, default=None)
+        return min(report.references + ([nominal] if nominal else []))
 
-    def recheck_closed_batches() -> None:
-        """Batches closed before a faster reading showed that the device had been in a slow state
-        (a run that began in one): those more than SLOW_STATE above the run's fastest reading join
-        the batches timed again at the end."""
-        fastest = baseline()
-        late = [rows for value, rows in closed if fastest and value > SLOW_STATE * fastest]
-        if late:
-            _log.warning(
-                f"{len(late)} batch(es) of this run were timed before a reading {fastest:.3f} ms showed the device "
-                "had been in a slow state: their rows are timed again at the end of the run"
-            )
-            slow_batches[:0] = late
+    def in_slow_state(ms: float) -> bool:
+        return ms > SLOW_STATE * baseline()
 
     def retime_slow_batches() -> None:
         """One more pass over each batch timed in a slow state (its rows replaced), bracketed as any,
-        once the device has left the slow state or :data:`SLOW_STATE_WAIT_S` has passed."""
-        opened = bool(slow_batches) and wait_for_fast_state()
+        once the device has left the slow state or :data:`SLOW_STATE_WAIT_S` has passed. Judged now,
+        against the run's fastest reading: a run that began in a slow state learns only later that
+        its first batches were slow."""
+        slow_batches = [rows for value, rows, _ in closed if in_slow_state(value)]
+        late = sum(not flagged and in_slow_state(value) for value, _, flagged in closed)
+        if late:
+            _log.warning(
+                f"{late} batch(es) of this run were timed before a reading {baseline():.3f} ms showed the device "
+                "had been in a slow state: their rows are timed again at the end of the run"
+            )
+        opened = bool(slow_batches) and wait_for_fast_state(len(slow_batches))
         for i, rows in enumerate(slow_batches):
             batch[:] = rows
             if _retime_pass(opening=not (opened and i == 0)):
                 close_batch(final=True)
             batch.clear()
 
-    def wait_for_fast_state() -> bool:
+    def wait_for_fast_state(batches: int) -> bool:
         """Read the reference until it is back within SLOW_STATE of the fastest known or the wait is over;
         True when it read (that reading opens the next pass)."""
         fastest = baseline()
-        if not fastest or report.references[-1] <= SLOW_STATE * fastest:
+        if not in_slow_state(report.references[-1]):
             return False
         _log.warning(
             f"the device is in a slow state (reference {report.references[-1] / fastest:.2f}x the fastest "
             f"{fastest:.3f} ms): waiting up to {SLOW_STATE_WAIT_S:.0f} s for it to pass before timing "
-            f"{len(slow_batches)} batch(es) again"
+            f"{batches} batch(es) again"
         )
         deadline = time.monotonic() + SLOW_STATE_WAIT_S
         while True:
             value = read()
-            if value <= SLOW_STATE * fastest:
+            if not in_slow_state(value):
                 return True
             if time.monotonic() >= deadline:
                 _log.warning(
@@ -345,7 +341,6 @@ def run_jobs(
 
     with ThreadPoolExecutor(build_workers) if build_workers > 1 else nullcontext() as pool:
         if timed(_built(pending, pool), last_try=False) and timed(deferred, last_try=True):
-            recheck_closed_batches()
             retime_slow_batches()
     bar.close()
     return report
