@@ -332,17 +332,8 @@ def test_the_last_pass_waits_for_the_slow_state_to_pass(store, monkeypatch):
     monkeypatch.setattr(driver, "SLOW_STATE_WAIT_S", 60.0)
     warnings = logged_warnings(monkeypatch)
     configs = layer_configs(NASBNN, 224)[: BUILD_CHUNK + 2]
-    second = set(configs[BUILD_CHUNK:])
     readings = iter([4.0, 4.0, 8.0, 8.0, 9.0, 8.5, 4.0, 4.2])  # slow for two more readings, then nominal
-    calls: dict[LayerConfig, int] = {}
-
-    def measure(config):
-        def timer():
-            calls[config] = calls.get(config, 0) + 1
-            return [3.0 if config in second and calls[config] == 1 else 2.0]
-
-        return timer
-
+    measure = slow_first_time(set(configs[BUILD_CHUNK:]), {})
     report = run_jobs(store, layer_jobs(configs, 224, measure), progress=False, reference=lambda: next(readings))
     assert report.to_json()["reference_ms"] == [4.0, 4.0, 8.0, 8.0, 9.0, 8.5, 4.0, 4.2]
     rows = store.measurements("layer")
