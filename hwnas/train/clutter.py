@@ -10,7 +10,7 @@ ground, at the configured resolution. The three splits draw their digits from di
 scikit-learn's 1,797 images (60 / 20 / 20 %, stratified), so test images show digit instances
 never seen in training.
 
-Why pairs: once the supernet trained stably (zero-initialised residual branches,
+Why pairs: once the supernet trained stably (residual branches started at 0,
 :mod:`hwnas.train.init`) one cluttered digit was read by the smallest subnet nearly as well as
 by the largest (test top-1 94.8 against 97.4 %); a pair is right only when both digits are, so
 the two subnets' errors compound, and 100 classes ask more of a narrow network (81.3 against

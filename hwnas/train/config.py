@@ -41,9 +41,7 @@ class TrainConfig:
     teacher: str = "fwba"  # mode of the largest subnet: fwba (the paper's Bi-Teacher), bwba or fwfa
     distill: bool = True  # students learn the teacher's soft labels (else CE on the labels)
     num_random: int = 1  # random subnets per step besides the largest and the smallest
-    residual_init: float = (
-        0.2  # starting scale of the BatchNorm closing each binary branch (1: plain); docs/training.md
-    )
+    residual_init: float = 0.2  # first scale of each binary branch's last BatchNorm (1: plain); docs/training.md
     epochs: int = 60
     batch_size: int = 64
     base_lr: float = 8e-2  # at base_batch; docs/training.md
